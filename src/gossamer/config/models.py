@@ -1,0 +1,431 @@
+"""Resource models for apiVersion gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy.
+
+Field names are camelCase on the wire (as in Kubernetes and the Gateway API) and snake_case in Python.
+Unknown fields are errors. Durations are strings like "250ms", "5s", "1m" (Gateway API GEP-2257) and
+are parsed into float seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "gossamer.dev/v1alpha1"
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def parse_duration(value: object) -> float:
+    """Parse "1h", "10s", "250ms", "1m30s" into seconds; numbers are taken as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '250ms', '5s' or '1m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str) and _DURATION.match(value.strip()):
+        return sum(
+            float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value.strip())
+        )
+    raise ValueError(f"{value!r} is not a duration; use a form such as '250ms', '5s' or '1m'")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit (at most 63 characters)"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(lambda v: _dns_label(v) if isinstance(v, str) else v)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+
+# --- common -----------------------------------------------------------------------------------------
+
+
+class Metadata(Model):
+    name: Name
+    namespace: Name = "default"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class Resource(Model):
+    api_version: Literal["gossamer.dev/v1alpha1"]
+    kind: str
+    metadata: Metadata
+
+    @property
+    def key(self) -> str:
+        """The resource's identity: "Kind/namespace/name"."""
+        return f"{self.kind}/{self.metadata.namespace}/{self.metadata.name}"
+
+
+# --- Mesh -------------------------------------------------------------------------------------------
+
+
+class RetryBudgetSpec(Model):
+    ratio: float = Field(0.2, ge=0, le=10)
+    min_per_second: float = Field(10, ge=0)
+    ttl: Duration = 10.0
+
+
+class MeshTimeouts(Model):
+    connect: Duration = 2.0
+    request: Duration | None = 15.0
+    idle: Duration = 60.0
+
+
+class MeshDefaults(Model):
+    timeouts: MeshTimeouts = MeshTimeouts()
+    retry_budget: RetryBudgetSpec = RetryBudgetSpec()
+    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"] = (
+        "LEAST_REQUEST"
+    )
+
+
+class MeshSpec(Model):
+    trust_domain: str = "gossamer.local"
+    defaults: MeshDefaults = MeshDefaults()
+
+
+class Mesh(Resource):
+    kind: Literal["Mesh"] = "Mesh"
+    spec: MeshSpec = MeshSpec()
+
+
+# --- Service ----------------------------------------------------------------------------------------
+
+
+class ServicePort(Model):
+    name: Name = "http"
+    port: int = Field(8080, ge=1, le=65535)
+    protocol: Literal["http", "tcp"] = "http"
+
+
+class ReadinessProbe(Model):
+    path: str = "/"
+    interval: Duration = 1.0
+    timeout: Duration = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class Subset(Model):
+    """One deployment of a service, e.g. pricing v2, told apart by its labels."""
+
+    name: Name
+    labels: dict[str, str] = {}
+    replicas: int = Field(1, ge=0, le=64)
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+
+
+class ServiceSpec(Model):
+    ports: list[ServicePort] = Field(default_factory=lambda: [ServicePort()], min_length=1)
+    service_account: Name | None = None
+    # The local runtime: how to run the replicas.
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    replicas: int = Field(1, ge=0, le=64)
+    working_dir: str | None = None
+    subsets: list[Subset] = []
+    readiness_probe: ReadinessProbe | None = None
+    publish: int | None = Field(None, ge=0, le=65535)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            import shlex
+
+            return shlex.split(v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServiceSpec:
+        for what, names in (
+            ("ports", [p.name for p in self.ports]),
+            ("subsets", [s.name for s in self.subsets]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate name {dupes[0]!r}")
+        return self
+
+
+class Service(Resource):
+    kind: Literal["Service"] = "Service"
+    spec: ServiceSpec = ServiceSpec()
+
+
+# --- HTTPRoute (Gateway API shape) ------------------------------------------------------------------
+
+
+class ParentRef(Model):
+    kind: Literal["Service"] = "Service"
+    group: str = ""
+    name: Name
+    namespace: Name | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class HTTPPathMatch(Model):
+    type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
+    value: str = "/"
+
+
+class HTTPHeaderMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str = Field(min_length=1)
+    value: str
+
+
+class HTTPQueryParamMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str = Field(min_length=1)
+    value: str
+
+
+class HTTPRouteMatch(Model):
+    path: HTTPPathMatch | None = None
+    headers: list[HTTPHeaderMatch] = []
+    query_params: list[HTTPQueryParamMatch] = []
+    method: (
+        Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        | None
+    ) = None
+
+
+class HTTPHeader(Model):
+    name: str = Field(min_length=1)
+    value: str
+
+
+class HTTPHeaderFilter(Model):
+    set: list[HTTPHeader] = []
+    add: list[HTTPHeader] = []
+    remove: list[str] = []
+
+
+class HTTPPathModifier(Model):
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    replace_full_path: str | None = None
+    replace_prefix_match: str | None = None
+
+    @model_validator(mode="after")
+    def _value_for_type(self) -> HTTPPathModifier:
+        want = "replace_full_path" if self.type == "ReplaceFullPath" else "replace_prefix_match"
+        if getattr(self, want) is None:
+            raise ValueError(f"type {self.type} needs {to_camel(want)}")
+        return self
+
+
+class HTTPRequestRedirectFilter(Model):
+    scheme: Literal["http", "https"] | None = None
+    hostname: str | None = None
+    path: HTTPPathModifier | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    status_code: Literal[301, 302, 303, 307, 308] = 302
+
+
+class HTTPURLRewriteFilter(Model):
+    hostname: str | None = None
+    path: HTTPPathModifier | None = None
+
+
+class HTTPRouteFilter(Model):
+    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    request_redirect: HTTPRequestRedirectFilter | None = None
+    url_rewrite: HTTPURLRewriteFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_config(self) -> HTTPRouteFilter:
+        field = self.type[0].lower() + self.type[1:]
+        attr = {
+            "requestHeaderModifier": "request_header_modifier",
+            "responseHeaderModifier": "response_header_modifier",
+            "requestRedirect": "request_redirect",
+            "uRLRewrite": "url_rewrite",
+        }[field]
+        if getattr(self, attr) is None:
+            raise ValueError(f"type {self.type} needs {to_camel(attr)}")
+        others = [
+            to_camel(a)
+            for a in (
+                "request_header_modifier",
+                "response_header_modifier",
+                "request_redirect",
+                "url_rewrite",
+            )
+            if a != attr and getattr(self, a) is not None
+        ]
+        if others:
+            raise ValueError(f"type {self.type} does not take {', '.join(others)}")
+        return self
+
+
+class HTTPBackendRef(Model):
+    kind: Literal["Service"] = "Service"
+    group: str = ""
+    name: Name
+    namespace: Name | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    subset: Name | None = None  # a Gossamer extension: one deployment of the service
+    weight: int = Field(1, ge=0, le=1_000_000)
+    filters: list[HTTPRouteFilter] = []
+
+
+class HTTPRouteTimeouts(Model):
+    request: Duration | None = None
+    backend_request: Duration | None = None
+
+
+class HTTPBackoff(Model):
+    base_interval: Duration = 0.025
+    max_interval: Duration = 0.25
+
+
+RetryOn = Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes"]
+_DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset")
+
+
+class HTTPRouteRetry(Model):
+    attempts: int = Field(2, ge=0, le=10)
+    per_try_timeout: Duration | None = None
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(_DEFAULT_RETRY_ON))
+    retriable_status_codes: list[Annotated[int, Field(ge=400, le=599)]] = []
+    backoff: HTTPBackoff = HTTPBackoff()
+
+
+class HTTPRouteRule(Model):
+    name: str | None = None
+    matches: list[HTTPRouteMatch] = []
+    filters: list[HTTPRouteFilter] = []
+    backend_refs: list[HTTPBackendRef] = []
+    timeouts: HTTPRouteTimeouts | None = None
+    retry: HTTPRouteRetry | None = None
+
+
+class HTTPRouteSpec(Model):
+    parent_refs: list[ParentRef] = Field(min_length=1)
+    hostnames: list[str] = []
+    rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()])
+
+
+class HTTPRoute(Resource):
+    kind: Literal["HTTPRoute"] = "HTTPRoute"
+    spec: HTTPRouteSpec
+
+
+# --- DestinationPolicy ------------------------------------------------------------------------------
+
+
+class TargetRef(Model):
+    kind: Literal["Service"] = "Service"
+    group: str = ""
+    name: Name
+    namespace: Name | None = None
+    subset: Name | None = None
+
+
+class ConsistentHash(Model):
+    http_header_name: str | None = None
+    http_cookie: str | None = None
+    minimum_ring_size: int = Field(1024, ge=1, le=1 << 20)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ConsistentHash:
+        if (self.http_header_name is None) == (self.http_cookie is None):
+            raise ValueError("set exactly one of httpHeaderName or httpCookie")
+        return self
+
+
+class LoadBalancerSpec(Model):
+    policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"] = "LEAST_REQUEST"
+    consistent_hash: ConsistentHash | None = None
+
+    @model_validator(mode="after")
+    def _hash_for_ring(self) -> LoadBalancerSpec:
+        if self.policy == "RING_HASH" and self.consistent_hash is None:
+            raise ValueError("policy RING_HASH needs consistentHash (httpHeaderName or httpCookie)")
+        if self.policy != "RING_HASH" and self.consistent_hash is not None:
+            raise ValueError("consistentHash is only used with policy RING_HASH")
+        return self
+
+
+class ConnectionPoolSpec(Model):
+    max_connections: int = Field(1024, ge=1)
+    max_pending_requests: int = Field(1024, ge=0)
+    max_requests_per_connection: int = Field(0, ge=0)
+    idle_timeout: Duration = 60.0
+    connect_timeout: Duration | None = None
+
+
+class DestinationPolicySpec(Model):
+    target_ref: TargetRef
+    load_balancer: LoadBalancerSpec | None = None
+    connection_pool: ConnectionPoolSpec | None = None
+    retry_budget: RetryBudgetSpec | None = None
+
+
+class DestinationPolicy(Resource):
+    kind: Literal["DestinationPolicy"] = "DestinationPolicy"
+    spec: DestinationPolicySpec
+
+
+KINDS: dict[str, type[Resource]] = {
+    "Mesh": Mesh,
+    "Service": Service,
+    "HTTPRoute": HTTPRoute,
+    "DestinationPolicy": DestinationPolicy,
+}
+
+AnyResource = Mesh | Service | HTTPRoute | DestinationPolicy

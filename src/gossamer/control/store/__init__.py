@@ -1,0 +1,1 @@
+"""Stores of desired state with revisions and watch."""

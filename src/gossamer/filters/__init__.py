@@ -1,0 +1,1 @@
+"""Request filters, one module each."""

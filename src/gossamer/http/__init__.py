@@ -1,0 +1,1 @@
+"""HTTP codecs and message types; no I/O here."""

@@ -1,0 +1,1 @@
+"""Load balancers: round robin, least request (P2C), peak EWMA, ring hash."""

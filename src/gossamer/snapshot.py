@@ -1,0 +1,268 @@
+"""The resolved Snapshot: the only contract between the control plane and a proxy.
+
+A proxy never sees raw resources. The control plane's translator builds one Snapshot per proxy from the
+user's resources and the registry; the proxy compiles it into its routing tables. Snapshots are plain,
+immutable data, JSON on the wire with camelCase keys so that `gossamer proxy-config` reads like the
+user's YAML. Durations are float seconds; `None` means "not set" (no limit, or the mesh default was
+already folded in by the translator).
+
+This module must stay import-light (msgspec only): the proxy imports it on its hot start-up path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import msgspec
+
+SCHEMA = "gossamer.dev/snapshot/v1"
+
+PathMatchType = Literal["Exact", "PathPrefix", "RegularExpression"]
+ValueMatchType = Literal["Exact", "RegularExpression"]
+LoadBalancerPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"]
+Protocol = Literal["http", "tcp"]
+
+
+class _Base(msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True):
+    pass
+
+
+# --- identity ---------------------------------------------------------------------------------------
+
+
+class ProxyIdentity(_Base, kw_only=True, frozen=True):
+    """Which workload this proxy stands beside."""
+
+    proxy_id: str  # unique per sidecar, e.g. "pricing-v2-0.default"
+    service: str
+    namespace: str = "default"
+    subset: str | None = None
+    labels: dict[str, str] = {}
+    spiffe_id: str = ""
+
+
+# --- listeners --------------------------------------------------------------------------------------
+
+
+class InboundListener(_Base, kw_only=True, frozen=True):
+    """Traffic arriving for this replica goes to its local app."""
+
+    app_host: str = "127.0.0.1"
+    app_port: int
+    protocol: Protocol = "http"
+
+
+class Listeners(_Base, kw_only=True, frozen=True):
+    inbound: InboundListener | None = None
+
+
+# --- routes -----------------------------------------------------------------------------------------
+
+
+class PathMatch(_Base, kw_only=True, frozen=True):
+    type: PathMatchType = "PathPrefix"
+    value: str = "/"
+
+
+class HeaderMatch(_Base, kw_only=True, frozen=True):
+    name: str  # lower-cased by the translator
+    value: str
+    type: ValueMatchType = "Exact"
+
+
+class QueryParamMatch(_Base, kw_only=True, frozen=True):
+    name: str
+    value: str
+    type: ValueMatchType = "Exact"
+
+
+class RouteMatch(_Base, kw_only=True, frozen=True):
+    """All present conditions must hold (AND); a rule's matches are OR-ed."""
+
+    path: PathMatch | None = None
+    headers: list[HeaderMatch] = []
+    query_params: list[QueryParamMatch] = []
+    method: str | None = None
+
+
+class HeaderValue(_Base, kw_only=True, frozen=True):
+    name: str
+    value: str
+
+
+class HeaderModifier(_Base, kw_only=True, frozen=True):
+    set: list[HeaderValue] = []
+    add: list[HeaderValue] = []
+    remove: list[str] = []
+
+
+class PathModifier(_Base, kw_only=True, frozen=True):
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    value: str
+
+
+class RequestHeaderModifierFilter(_Base, kw_only=True, frozen=True, tag="RequestHeaderModifier", tag_field="type"):
+    request_header_modifier: HeaderModifier
+
+
+class ResponseHeaderModifierFilter(_Base, kw_only=True, frozen=True, tag="ResponseHeaderModifier", tag_field="type"):
+    response_header_modifier: HeaderModifier
+
+
+class RequestRedirect(_Base, kw_only=True, frozen=True):
+    scheme: str | None = None
+    hostname: str | None = None
+    path: PathModifier | None = None
+    port: int | None = None
+    status_code: int = 302
+
+
+class RequestRedirectFilter(_Base, kw_only=True, frozen=True, tag="RequestRedirect", tag_field="type"):
+    request_redirect: RequestRedirect
+
+
+class URLRewrite(_Base, kw_only=True, frozen=True):
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+class URLRewriteFilter(_Base, kw_only=True, frozen=True, tag="URLRewrite", tag_field="type"):
+    url_rewrite: URLRewrite
+
+
+RouteFilter = (
+    RequestHeaderModifierFilter
+    | ResponseHeaderModifierFilter
+    | RequestRedirectFilter
+    | URLRewriteFilter
+)
+
+
+class WeightedCluster(_Base, kw_only=True, frozen=True):
+    cluster: str  # a Cluster.name in this Snapshot
+    weight: int = 1
+    filters: list[RouteFilter] = []
+
+
+class Timeouts(_Base, kw_only=True, frozen=True):
+    request: float | None = None  # whole request, all retries included
+    backend_request: float | None = None  # one try
+
+
+class Backoff(_Base, kw_only=True, frozen=True):
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+
+
+class RetryPolicy(_Base, kw_only=True, frozen=True):
+    attempts: int = 1  # retries after the first try (Istio's meaning)
+    per_try_timeout: float | None = None
+    retry_on: list[str] = []  # 5xx, gateway-error, reset, connect-failure, retriable-status-codes
+    retriable_status_codes: list[int] = []
+    backoff: Backoff = Backoff()
+
+
+class RouteRule(_Base, kw_only=True, frozen=True):
+    name: str  # "<namespace>/<route>#<rule index>", or "default" for the implicit route
+    matches: list[RouteMatch] = []  # empty = match everything
+    filters: list[RouteFilter] = []
+    backends: list[WeightedCluster] = []
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy | None = None
+
+
+class VirtualHost(_Base, kw_only=True, frozen=True):
+    """The routes for one destination service, found by the request's host."""
+
+    name: str  # "<service>.<namespace>"
+    domains: list[str]  # "pricing", "pricing.default", "pricing.default.svc", hostnames from routes
+    port: int | None = None  # the service port a client names (http://pricing:8080); None = any
+    rules: list[RouteRule]  # in precedence order (Gateway API rules), the first match wins
+
+
+# --- clusters ---------------------------------------------------------------------------------------
+
+
+class Endpoint(_Base, kw_only=True, frozen=True):
+    address: str  # "host:port" of the replica's sidecar inbound listener
+    healthy: bool = True
+    weight: int = 1
+    zone: str | None = None
+    labels: dict[str, str] = {}
+    proxy_id: str | None = None
+
+
+class RingHash(_Base, kw_only=True, frozen=True):
+    header: str | None = None
+    cookie: str | None = None
+    minimum_ring_size: int = 1024
+
+
+class LoadBalancer(_Base, kw_only=True, frozen=True):
+    policy: LoadBalancerPolicy = "ROUND_ROBIN"
+    ring_hash: RingHash | None = None
+
+
+class ConnectionPool(_Base, kw_only=True, frozen=True):
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests_per_connection: int = 0  # 0 = unlimited
+    idle_timeout: float = 60.0
+    connect_timeout: float = 2.0
+
+
+class RetryBudget(_Base, kw_only=True, frozen=True):
+    """Linkerd's budget: retries may add at most `ratio` of the requests, plus `min_per_second`."""
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    ttl: float = 10.0
+
+
+class Cluster(_Base, kw_only=True, frozen=True):
+    name: str  # "<service>.<namespace>" or "<service>.<namespace>.<subset>"
+    service: str
+    namespace: str = "default"
+    subset: str | None = None
+    load_balancer: LoadBalancer = LoadBalancer()
+    connection_pool: ConnectionPool = ConnectionPool()
+    retry_budget: RetryBudget = RetryBudget()
+    endpoints: list[Endpoint] = []
+
+
+# --- the whole ----------------------------------------------------------------------------------------
+
+
+class Snapshot(_Base, kw_only=True, frozen=True):
+    version: str = ""  # content hash, set by `seal`; opaque to the proxy
+    schema: str = SCHEMA
+    proxy: ProxyIdentity
+    listeners: Listeners = Listeners()
+    virtual_hosts: list[VirtualHost] = []
+    clusters: list[Cluster] = []
+
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def seal(snapshot: Snapshot) -> Snapshot:
+    """Return the snapshot with `version` set to a hash of its content (stable across restarts)."""
+    body = _encoder.encode(msgspec.structs.replace(snapshot, version=""))
+    return msgspec.structs.replace(snapshot, version=hashlib.sha256(body).hexdigest()[:16])
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def decode(data: bytes | str) -> Snapshot:
+    """Parse and validate a Snapshot; raises msgspec.ValidationError / DecodeError with a path."""
+    return _decoder.decode(data)
+
+
+def to_builtins(snapshot: Snapshot) -> dict[str, object]:
+    out = msgspec.to_builtins(snapshot, order="deterministic")
+    assert isinstance(out, dict)
+    return out
