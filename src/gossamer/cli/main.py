@@ -77,4 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m gossamer.cli.main` this file runs as __main__ while commands import
+    # gossamer.cli.main: run that module's main so there is one CommandError class, not two.
+    from gossamer.cli.main import main as _main
+
+    sys.exit(_main())

@@ -1,1 +1,1 @@
-"""Resource models, YAML loading with positions, and validation (apiVersion gossamer.dev/v1alpha1)."""
+"""Resource models, YAML loading with positions, and validation (gossamer.dev/v1alpha1)."""

@@ -1,6 +1,6 @@
-"""Resource models for apiVersion gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy.
+"""Resource models for gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy.
 
-Field names are camelCase on the wire (as in Kubernetes and the Gateway API) and snake_case in Python.
+Field names are camelCase on the wire (as in Kubernetes and the Gateway API), snake_case in Python.
 Unknown fields are errors. Durations are strings like "250ms", "5s", "1m" (Gateway API GEP-2257) and
 are parsed into float seconds.
 """
@@ -8,6 +8,7 @@ are parsed into float seconds.
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,15 +40,17 @@ def parse_duration(value: object) -> float:
             raise ValueError("must not be negative")
         return float(value)
     if isinstance(value, str) and _DURATION.match(value.strip()):
-        return sum(
-            float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value.strip())
-        )
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value.strip()))
     raise ValueError(f"{value!r} is not a duration; use a form such as '250ms', '5s' or '1m'")
 
 
 def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration: 0.25 -> "250ms", 5.0 -> "5s", 0.0005 -> "0.5ms"."""
     if seconds and seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+        # Not rounded to whole milliseconds: 0.4ms must not come back as "0ms" (no timeout).
+        # Fixed-point, never "6e-05ms", which parse_duration would refuse.
+        millis = f"{seconds * 1000:.6f}".rstrip("0").rstrip(".")
+        return f"{millis}ms"
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{seconds}s"
@@ -70,6 +74,40 @@ def _dns_label(value: str) -> str:
 
 Name = Annotated[str, BeforeValidator(lambda v: _dns_label(v) if isinstance(v, str) else v)]
 
+# RFC 9110 token characters: anything else in a header name breaks the request on the wire.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _header_name(value: object) -> object:
+    if isinstance(value, str) and not _HEADER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
+HeaderName = Annotated[str, BeforeValidator(_header_name)]
+
+
+def _check_regex(value: str) -> str:
+    """Compile `value` with Python's `re`, the engine the proxy matches with."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+def _split_command(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:  # an unclosed quote
+            raise ValueError(f"cannot split command {value!r}: {exc}") from None
+    return value
+
+
+# A command is a list of arguments, or one string split like a shell would (without running one).
+Command = Annotated[list[str] | None, BeforeValidator(_split_command)]
+
 
 class Model(BaseModel):
     model_config = ConfigDict(
@@ -80,7 +118,7 @@ class Model(BaseModel):
     )
 
 
-# --- common -----------------------------------------------------------------------------------------
+# --- common ---------------------------------------------------------------------------------------
 
 
 class Metadata(Model):
@@ -101,7 +139,7 @@ class Resource(Model):
         return f"{self.kind}/{self.metadata.namespace}/{self.metadata.name}"
 
 
-# --- Mesh -------------------------------------------------------------------------------------------
+# --- Mesh -----------------------------------------------------------------------------------------
 
 
 class RetryBudgetSpec(Model):
@@ -134,7 +172,7 @@ class Mesh(Resource):
     spec: MeshSpec = MeshSpec()
 
 
-# --- Service ----------------------------------------------------------------------------------------
+# --- Service --------------------------------------------------------------------------------------
 
 
 class ServicePort(Model):
@@ -162,7 +200,7 @@ class Subset(Model):
     name: Name
     labels: dict[str, str] = {}
     replicas: int = Field(1, ge=0, le=64)
-    command: list[str] | None = None
+    command: Command = None
     env: dict[str, str] = {}
 
 
@@ -170,22 +208,13 @@ class ServiceSpec(Model):
     ports: list[ServicePort] = Field(default_factory=lambda: [ServicePort()], min_length=1)
     service_account: Name | None = None
     # The local runtime: how to run the replicas.
-    command: list[str] | None = None
+    command: Command = None
     env: dict[str, str] = {}
     replicas: int = Field(1, ge=0, le=64)
     working_dir: str | None = None
     subsets: list[Subset] = []
     readiness_probe: ReadinessProbe | None = None
     publish: int | None = Field(None, ge=0, le=65535)
-
-    @field_validator("command", mode="before")
-    @classmethod
-    def _split_command(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            import shlex
-
-            return shlex.split(v)
-        return v
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServiceSpec:
@@ -196,6 +225,10 @@ class ServiceSpec(Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{what}: duplicate name {dupes[0]!r}")
+        numbers = [p.port for p in self.ports]
+        dupe_ports = sorted({n for n in numbers if numbers.count(n) > 1})
+        if dupe_ports:
+            raise ValueError(f"ports: duplicate port {dupe_ports[0]}")
         return self
 
 
@@ -204,7 +237,7 @@ class Service(Resource):
     spec: ServiceSpec = ServiceSpec()
 
 
-# --- HTTPRoute (Gateway API shape) ------------------------------------------------------------------
+# --- HTTPRoute (Gateway API shape) ----------------------------------------------------------------
 
 
 class ParentRef(Model):
@@ -219,17 +252,38 @@ class HTTPPathMatch(Model):
     type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
     value: str = "/"
 
+    @field_validator("value")
+    @classmethod
+    def _valid_value(cls, v: str, info: ValidationInfo) -> str:
+        # `type` is declared first, so it is in info.data unless it failed validation itself.
+        kind = info.data.get("type")
+        if kind == "RegularExpression":
+            return _check_regex(v)
+        if kind is not None and not v.startswith("/"):
+            raise ValueError(f"a {kind} path must start with '/'")
+        return v
+
 
 class HTTPHeaderMatch(Model):
     type: Literal["Exact", "RegularExpression"] = "Exact"
-    name: str = Field(min_length=1)
+    name: HeaderName = Field(min_length=1)
     value: str
+
+    @field_validator("value")
+    @classmethod
+    def _valid_regex(cls, v: str, info: ValidationInfo) -> str:
+        return _check_regex(v) if info.data.get("type") == "RegularExpression" else v
 
 
 class HTTPQueryParamMatch(Model):
     type: Literal["Exact", "RegularExpression"] = "Exact"
     name: str = Field(min_length=1)
     value: str
+
+    @field_validator("value")
+    @classmethod
+    def _valid_regex(cls, v: str, info: ValidationInfo) -> str:
+        return _check_regex(v) if info.data.get("type") == "RegularExpression" else v
 
 
 class HTTPRouteMatch(Model):
@@ -243,14 +297,14 @@ class HTTPRouteMatch(Model):
 
 
 class HTTPHeader(Model):
-    name: str = Field(min_length=1)
+    name: HeaderName = Field(min_length=1)
     value: str
 
 
 class HTTPHeaderFilter(Model):
     set: list[HTTPHeader] = []
     add: list[HTTPHeader] = []
-    remove: list[str] = []
+    remove: list[HeaderName] = []
 
 
 class HTTPPathModifier(Model):
@@ -280,7 +334,9 @@ class HTTPURLRewriteFilter(Model):
 
 
 class HTTPRouteFilter(Model):
-    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"]
+    type: Literal[
+        "RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"
+    ]
     request_header_modifier: HTTPHeaderFilter | None = None
     response_header_modifier: HTTPHeaderFilter | None = None
     request_redirect: HTTPRequestRedirectFilter | None = None
@@ -332,6 +388,12 @@ class HTTPBackoff(Model):
     base_interval: Duration = 0.025
     max_interval: Duration = 0.25
 
+    @model_validator(mode="after")
+    def _ordered(self) -> HTTPBackoff:
+        if self.base_interval > self.max_interval:
+            raise ValueError("baseInterval must not be greater than maxInterval")
+        return self
+
 
 RetryOn = Literal["5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes"]
 _DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset")
@@ -343,6 +405,17 @@ class HTTPRouteRetry(Model):
     retry_on: list[RetryOn] = Field(default_factory=lambda: list(_DEFAULT_RETRY_ON))
     retriable_status_codes: list[Annotated[int, Field(ge=400, le=599)]] = []
     backoff: HTTPBackoff = HTTPBackoff()
+
+    @model_validator(mode="after")
+    def _codes_with_retry_on(self) -> HTTPRouteRetry:
+        wanted = "retriable-status-codes" in self.retry_on
+        if wanted and not self.retriable_status_codes:
+            raise ValueError("retryOn retriable-status-codes needs retriableStatusCodes")
+        if self.retriable_status_codes and not wanted:
+            raise ValueError(
+                "retriableStatusCodes is only used when retryOn lists retriable-status-codes"
+            )
+        return self
 
 
 class HTTPRouteRule(Model):
@@ -365,7 +438,7 @@ class HTTPRoute(Resource):
     spec: HTTPRouteSpec
 
 
-# --- DestinationPolicy ------------------------------------------------------------------------------
+# --- DestinationPolicy ----------------------------------------------------------------------------
 
 
 class TargetRef(Model):

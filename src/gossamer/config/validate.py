@@ -1,0 +1,242 @@
+"""Checks across resources: references to services, subsets and ports, duplicates, one Mesh.
+
+A resource can be valid on its own and still wrong in its mesh: an HTTPRoute sending traffic to a
+service nobody defined, a DestinationPolicy for a subset that does not exist. `check` finds these in
+a set of loaded resources and points at the offending field; `check_against` does the same for a
+batch being applied on top of what the control plane already stores (a route may name a stored
+service).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gossamer.config import models
+from gossamer.config.errors import ConfigError, Problem, did_you_mean
+from gossamer.config.loader import Loaded, collect_files, load_objects
+
+STORED = "<stored>"  # the filename given to resources that come from the control plane's store
+
+_ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+def check(resources: Sequence[Loaded]) -> list[Problem]:
+    """Every cross-resource problem in `resources`, which are taken to be the whole mesh."""
+    return check_against(resources, ())
+
+
+def check_against(
+    new_resources: Sequence[Loaded], existing_resources: Iterable[Loaded | models.AnyResource]
+) -> list[Problem]:
+    """Problems of `new_resources` applied on top of `existing_resources`.
+
+    A new resource replaces an existing one with the same key (Kind/namespace/name), as apply does.
+    Only new resources are reported on: what is already stored was checked when it was applied.
+    """
+    existing = [r if isinstance(r, Loaded) else Loaded(r, STORED) for r in existing_resources]
+    # Problems are grouped by the resource they belong to and given in the order of the input, so
+    # a JSON batch (no line numbers) reads in the order it was sent.
+    found: list[list[Problem]] = [[] for _ in new_resources]
+    new: dict[str, int] = {}
+    for i, loaded in enumerate(new_resources):
+        first = new.get(loaded.key)
+        if first is not None:
+            origin = _origin(new_resources[first])
+            found[i].append(
+                loaded.problem("metadata.name", f"{loaded.key} is defined twice (first {origin})")
+            )
+            continue
+        new[loaded.key] = i
+    mesh = [r for r in existing if r.key not in new] + [new_resources[i] for i in new.values()]
+
+    meshes = [r for r in mesh if isinstance(r.resource, models.Mesh)]
+    for extra in meshes[1:]:
+        if extra.key in new:
+            name = meshes[0].resource.metadata.name
+            found[new[extra.key]].append(
+                extra.problem(
+                    "metadata.name",
+                    f"only one Mesh is allowed: Mesh {name!r} is already defined "
+                    f"{_origin(meshes[0])}",
+                )
+            )
+
+    services: dict[_ServiceKey, models.Service] = {}
+    for r in mesh:
+        if isinstance(r.resource, models.Service):
+            services[(r.resource.metadata.namespace, r.resource.metadata.name)] = r.resource
+
+    for i in new.values():
+        loaded = new_resources[i]
+        res = loaded.resource
+        if isinstance(res, models.HTTPRoute):
+            found[i].extend(_check_route(loaded, res, services))
+        elif isinstance(res, models.DestinationPolicy):
+            ref = res.spec.target_ref
+            found[i].extend(
+                _check_ref(
+                    loaded, "spec.targetRef", services, ref.name, ref.namespace, None, ref.subset
+                )
+            )
+        elif isinstance(res, models.Service):
+            found[i].extend(_check_subset_labels(loaded, res))
+
+    return [p for group in found for p in sorted(group, key=lambda p: (p.line or 0, p.column or 0))]
+
+
+def _origin(loaded: Loaded) -> str:
+    if loaded.filename == STORED:
+        return "in the control plane"
+    return f"at {loaded.where()}"
+
+
+def _check_route(
+    loaded: Loaded, route: models.HTTPRoute, services: dict[_ServiceKey, models.Service]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, parent in enumerate(route.spec.parent_refs):
+        problems.extend(
+            _check_ref(
+                loaded,
+                f"spec.parentRefs[{i}]",
+                services,
+                parent.name,
+                parent.namespace,
+                parent.port,
+                None,
+            )
+        )
+    for r, rule in enumerate(route.spec.rules):
+        for b, backend in enumerate(rule.backend_refs):
+            problems.extend(
+                _check_ref(
+                    loaded,
+                    f"spec.rules[{r}].backendRefs[{b}]",
+                    services,
+                    backend.name,
+                    backend.namespace,
+                    backend.port,
+                    backend.subset,
+                )
+            )
+        if rule.backend_refs and all(b.weight == 0 for b in rule.backend_refs):
+            problems.append(
+                loaded.problem(
+                    f"spec.rules[{r}].backendRefs",
+                    "all backendRefs have weight 0: no traffic can be routed",
+                )
+            )
+    return problems
+
+
+def _check_ref(
+    loaded: Loaded,
+    path: str,
+    services: dict[_ServiceKey, models.Service],
+    name: str,
+    namespace: str | None,
+    port: int | None,
+    subset: str | None,
+) -> list[Problem]:
+    own = loaded.resource.metadata.namespace
+    ns = namespace or own
+    service = services.get((ns, name))
+    if service is None:
+        where = f" in namespace {ns!r}" if ns != own else ""
+        nearby = [n for (sns, n) in services if sns == ns]
+        return [
+            loaded.problem(
+                f"{path}.name", f"unknown service {name!r}{where}{did_you_mean(name, nearby)}"
+            )
+        ]
+    problems: list[Problem] = []
+    ports = [p.port for p in service.spec.ports]
+    if port is not None and port not in ports:
+        listed = ", ".join(str(p) for p in ports)
+        problems.append(
+            loaded.problem(
+                f"{path}.port", f"service {name!r} has no port {port} (its ports: {listed})"
+            )
+        )
+    if subset is not None:
+        subsets = [s.name for s in service.spec.subsets]
+        if not subsets:
+            message = f"service {name!r} has no subsets"
+        elif subset in subsets:
+            message = ""
+        else:
+            hint = did_you_mean(subset, subsets) or f" (its subsets: {', '.join(subsets)})"
+            message = f"service {name!r} has no subset {subset!r}{hint}"
+        if message:
+            problems.append(loaded.problem(f"{path}.subset", message))
+    return problems
+
+
+def _check_subset_labels(loaded: Loaded, service: models.Service) -> list[Problem]:
+    """Subsets are told apart by labels: two whose selectors can match one endpoint collide."""
+    problems: list[Problem] = []
+    subsets = service.spec.subsets
+    for j, later in enumerate(subsets):
+        mine = set(later.labels.items())
+        if not mine:
+            continue
+        for earlier in subsets[:j]:
+            theirs = set(earlier.labels.items())
+            if not theirs:
+                continue
+            if mine == theirs:
+                message = (
+                    f"same labels as subset {earlier.name!r} ({_labels(later.labels)}): "
+                    "their endpoints cannot be told apart"
+                )
+            elif mine <= theirs or theirs <= mine:
+                union = _labels(dict(sorted(mine | theirs)))
+                message = (
+                    f"labels collide with subset {earlier.name!r}: an endpoint labelled "
+                    f"{union} would belong to both"
+                )
+            else:
+                continue
+            problems.append(loaded.problem(f"spec.subsets[{j}].labels", message))
+            break
+    return problems
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+# --- one call for the users of the config package -------------------------------------------------
+
+
+def load_and_check(paths: Iterable[str | os.PathLike[str]]) -> list[Loaded]:
+    """Load files and check them as one mesh (what `gossamer up` and `gossamer validate` need).
+
+    Raises:
+        ConfigError: with every problem found; reference checks run only once all files loaded.
+    """
+    loaded, problems = collect_files(paths)
+    if not problems:
+        problems = check(loaded)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def validate_apply(
+    objs: Sequence[Any],
+    existing: Iterable[Loaded | models.AnyResource],
+    source: str = "request",
+) -> list[Loaded]:
+    """Validate an apply request's resources, alone and against what is stored.
+
+    Raises:
+        ConfigError: every problem, paths like "resources[2].spec.rules[0].backendRefs[0].name".
+    """
+    loaded = load_objects(objs, source)
+    problems = check_against(loaded, existing)
+    if problems:
+        raise ConfigError(problems)
+    return loaded

@@ -1,0 +1,414 @@
+"""The translator: resources + registry endpoints -> the one resolved Snapshot a given proxy runs.
+
+A pure function: no I/O, no clock, and nothing depends on the order of its inputs, so the same
+resources and endpoints always give the same Snapshot version and a proxy is only pushed a new
+Snapshot when something it runs really changed.
+
+What every proxy gets:
+- one virtual host per Service, named `NAME.NS`, with the domains `NAME.NS`, `NAME.NS.svc`,
+  `NAME.NS.svc.cluster.local`, the `hostnames` of the HTTPRoutes attached to it, and each of those
+  also as `HOST:PORT` for every port of the service; all lower-case. The bare `NAME` goes to the
+  service of that name in the proxy's own namespace; when there is none, to the only service of
+  that name in the mesh; when several namespaces have one and none is the proxy's, to nobody (a
+  `no-route` 404 says more than a request quietly sent to a namespace picked by the alphabet).
+  A domain belongs to one virtual host: the names derived from services come first, then route
+  hostnames by route `namespace/name`, and a later claim on a taken domain is dropped;
+- the rules of the routes attached to the service, GAMMA-style: routes in the service's namespace
+  apply to every client, routes in another namespace only to proxies in that namespace, where they
+  replace the former. They are ordered by Gateway API precedence (see `translate_routes`); a
+  service with no route gets one rule `default` sending everything to `NAME.NS`. No catch-all is
+  added after route rules: the Gateway API answers unmatched requests with 404, the `no-route` flag;
+- one cluster per service (`NAME.NS`, every replica), per declared subset and per subset any route
+  names (`NAME.NS.SUBSET`); a replica is in a subset when it registered with that subset or when the
+  subset has labels and the replica's labels include them all. Load balancer, connection pool and
+  retry budget come from DestinationPolicies (per field: subset-level over service-level, and among
+  several policies for one target the first by `namespace/name`), else from the Mesh defaults;
+- the inbound listener for the proxy's own registration, and its SPIFFE identity.
+
+Retries when a rule has no `retry` block: 2 retries on `connect-failure` only. Istio retries twice
+by default on connect failures, refused streams and 503s, whatever the method; Linkerd retries
+nothing unless asked. A connect failure means the request never reached the app, so retrying it is
+safe even for a POST, while after a `reset` or a 503 the app may already have acted. So the default
+takes Istio's count and only the outcome that is safe for every method; the cluster's retry budget
+bounds it under load. Routes ask for more (`5xx`, `reset`, ...) with a retry block, and turn
+retries off with `attempts: 0`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+import msgspec
+
+from gossamer import snapshot as snap
+from gossamer.config.models import (
+    ConnectionPoolSpec,
+    DestinationPolicy,
+    HTTPRoute,
+    LoadBalancerSpec,
+    Mesh,
+    MeshSpec,
+    Resource,
+    RetryBudgetSpec,
+    Service,
+)
+from gossamer.control.registry import Registration
+from gossamer.control.translate_routes import (
+    ClusterKey,
+    RuleDefaults,
+    TranslateError,
+    build_rules,
+    cluster_name,
+)
+
+__all__ = ["DEFAULT_RETRY", "TranslateError", "spiffe_id", "translate"]
+
+DEFAULT_RETRY = snap.RetryPolicy(attempts=2, retry_on=["connect-failure"])
+
+_T = TypeVar("_T")
+_R = TypeVar("_R", bound=Resource)
+
+_POLICY_FIELDS = ("load_balancer", "connection_pool", "retry_budget")
+
+
+@dataclass(frozen=True)
+class _World:
+    """The resources, indexed and sorted so that input order cannot leak into the output."""
+
+    mesh: MeshSpec
+    services: dict[tuple[str, str], Service]  # (namespace, name), in sorted order
+    routes: list[HTTPRoute]  # by namespace/name
+    policies: list[DestinationPolicy]  # by namespace/name
+
+
+def translate(
+    resources: Sequence[Resource],
+    endpoints: Sequence[Registration],
+    proxy: snap.ProxyIdentity,
+) -> snap.Snapshot:
+    """Build and seal the Snapshot for one proxy.
+
+    Args:
+        resources: every applied resource; kinds other than Mesh, Service, HTTPRoute and
+            DestinationPolicy are ignored. References to missing services are not errors here
+            (validation reports them): a route to one gets an empty cluster (503), a route
+            attached to one is not served.
+        endpoints: every registration in the registry, healthy or not.
+        proxy: who asks; its namespace decides bare service names, its id finds its registration.
+
+    Raises:
+        TranslateError: a resource the models accepted but that cannot be translated.
+    """
+    world = _index(resources)
+    regs = sorted(endpoints, key=lambda r: (r.namespace, r.service, r.inbound, r.proxy_id))
+    regs_by_service: dict[tuple[str, str], list[Registration]] = {}
+    for r in regs:
+        regs_by_service.setdefault((r.namespace, r.service), []).append(r)
+    defaults = RuleDefaults(
+        request_timeout=world.mesh.defaults.timeouts.request or None,
+        retry=DEFAULT_RETRY,
+    )
+
+    routes_by_parent = _attached_routes(world.routes, proxy.namespace)
+
+    wanted: set[ClusterKey] = set()
+    rules: dict[tuple[str, str], list[snap.RouteRule]] = {}
+    for (ns, name), service in world.services.items():
+        wanted.add((name, ns, None))
+        wanted.update((name, ns, s.name) for s in service.spec.subsets)
+        service_rules, referenced = build_rules(
+            (name, ns, None), routes_by_parent.get((ns, name), []), defaults
+        )
+        rules[(ns, name)] = service_rules
+        wanted.update(referenced)
+
+    domains = _domains(world, routes_by_parent, proxy.namespace)
+    virtual_hosts = [
+        snap.VirtualHost(name=f"{name}.{ns}", domains=domains[(ns, name)], rules=rules[(ns, name)])
+        for (ns, name) in world.services
+    ]
+    virtual_hosts.sort(key=lambda v: v.name)
+    clusters = [
+        _cluster(key, world, regs_by_service.get((key[1], key[0]), []))
+        for key in sorted(wanted, key=lambda k: (k[1], k[0], k[2] or ""))
+    ]
+    clusters.sort(key=lambda c: c.name)
+
+    built = snap.Snapshot(
+        proxy=_identity(world, proxy),
+        listeners=snap.Listeners(inbound=_inbound(world, regs, proxy)),
+        virtual_hosts=virtual_hosts,
+        clusters=clusters,
+    )
+    return snap.seal(_canonical(built))
+
+
+def _canonical(value: _T) -> _T:
+    """Swap every field value that equals its default for the default object itself.
+
+    msgspec's `omit_defaults` compares by identity, so a "default" namespace parsed from YAML is
+    encoded while the model's own "default" is not: two equal inputs would seal to two versions.
+    Canonical values make the encoding, and so the version, depend on content only.
+    """
+    if isinstance(value, list):
+        # Lists hold either structs or plain values (domains, header names) with no defaults.
+        if value and isinstance(value[0], msgspec.Struct):
+            return cast(_T, [_canonical(v) for v in value])
+        return value
+    if not isinstance(value, msgspec.Struct):
+        return value
+    changes: dict[str, object] = {}
+    for name, default in _defaults(type(value)):
+        current = getattr(value, name)
+        new = _canonical(current) if isinstance(current, msgspec.Struct | list) else current
+        if default is not msgspec.NODEFAULT and type(new) is type(default) and new == default:
+            new = default
+        if new is not current:
+            changes[name] = new
+    return msgspec.structs.replace(value, **changes) if changes else value
+
+
+@functools.cache
+def _defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
+    # msgspec.structs.fields() re-evaluates the annotations on every call: far too slow per value.
+    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls))
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def _index(resources: Iterable[Resource]) -> _World:
+    meshes: list[Mesh] = []
+    services: list[Service] = []
+    routes: list[HTTPRoute] = []
+    policies: list[DestinationPolicy] = []
+    for r in resources:
+        if isinstance(r, Mesh):
+            meshes.append(r)
+        elif isinstance(r, Service):
+            services.append(r)
+        elif isinstance(r, HTTPRoute):
+            routes.append(r)
+        elif isinstance(r, DestinationPolicy):
+            policies.append(r)
+
+    by_key: dict[tuple[str, str], Service] = {
+        (s.metadata.namespace, s.metadata.name): s for s in _unique(services)
+    }
+    return _World(
+        mesh=_unique(meshes)[0].spec if meshes else MeshSpec(),
+        services=by_key,
+        routes=_unique(routes),
+        policies=_unique(policies),
+    )
+
+
+def _attached_routes(
+    routes: Sequence[HTTPRoute], proxy_namespace: str
+) -> dict[tuple[str, str], list[HTTPRoute]]:
+    """The routes that apply to this proxy, by the (namespace, name) of the service they attach to.
+
+    GAMMA: a route in the service's own namespace (a producer route) applies to every client; a
+    route in another namespace (a consumer route) applies only to clients in its namespace, and
+    there it replaces the producer routes of that service.
+    """
+    producer: dict[tuple[str, str], list[HTTPRoute]] = {}
+    consumer: dict[tuple[str, str], list[HTTPRoute]] = {}
+    for route in routes:
+        route_ns = route.metadata.namespace
+        for parent in sorted({(p.namespace or route_ns, p.name) for p in route.spec.parent_refs}):
+            if parent[0] == route_ns:
+                producer.setdefault(parent, []).append(route)
+            elif route_ns == proxy_namespace:
+                consumer.setdefault(parent, []).append(route)
+    return {**producer, **consumer}
+
+
+def _unique(items: Sequence[_R]) -> list[_R]:
+    """One resource per namespace/name, sorted by it.
+
+    The store holds one resource per key, but a caller might pass two; the one with the smaller JSON
+    is kept, since any fixed choice beats one that follows input order.
+    """
+    chosen: dict[tuple[str, str], _R] = {}
+    for r in items:
+        key = (r.metadata.namespace, r.metadata.name)
+        other = chosen.get(key)
+        if other is None or r.model_dump_json() < other.model_dump_json():
+            chosen[key] = r
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def _domains(
+    world: _World,
+    routes_by_parent: dict[tuple[str, str], list[HTTPRoute]],
+    proxy_namespace: str,
+) -> dict[tuple[str, str], list[str]]:
+    namespaces_of: dict[str, list[str]] = {}
+    for ns, name in world.services:
+        namespaces_of.setdefault(name, []).append(ns)
+
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for ns, name in world.services:
+        own = [f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+        candidates = namespaces_of[name]
+        bare_ns = (
+            proxy_namespace
+            if proxy_namespace in candidates
+            else (candidates[0] if len(candidates) == 1 else None)
+        )
+        if bare_ns == ns:
+            own.append(name)
+        hosts[(ns, name)] = [h.lower() for h in own]
+
+    taken = {h for names in hosts.values() for h in names}
+    claims: list[tuple[str, str, str, tuple[str, str]]] = []
+    for parent in world.services:
+        for route in routes_by_parent.get(parent, []):
+            for hostname in route.spec.hostnames:
+                claims.append((route.metadata.namespace, route.metadata.name, hostname, parent))
+    for _, _, hostname, parent in sorted(claims):
+        host = hostname.lower()
+        if host not in taken:
+            taken.add(host)
+            hosts[parent].append(host)
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for key, names in hosts.items():
+        ports = sorted({p.port for p in world.services[key].spec.ports})
+        out[key] = sorted({*names, *(f"{h}:{port}" for h in names for port in ports)})
+    return out
+
+
+def _cluster(key: ClusterKey, world: _World, regs: Sequence[Registration]) -> snap.Cluster:
+    """The cluster for `key`, from `regs`: the registrations of its service (sorted)."""
+    name, ns, subset = key
+    service = world.services.get((ns, name))
+    subset_labels: dict[str, str] = {}
+    if service is not None and subset is not None:
+        for s in service.spec.subsets:
+            if s.name == subset:
+                subset_labels = s.labels
+
+    def member(r: Registration) -> bool:
+        if r.service != name or r.namespace != ns or not r.inbound:
+            return False
+        if subset is None or r.subset == subset:
+            return True
+        # A subset without labels would take every replica; it selects by registration only.
+        return bool(subset_labels) and all(r.labels.get(k) == v for k, v in subset_labels.items())
+
+    endpoints = [
+        snap.Endpoint(
+            address=r.inbound,
+            healthy=r.healthy,
+            zone=r.zone,
+            labels=dict(r.labels),
+            proxy_id=r.proxy_id,
+        )
+        for r in regs
+        if member(r)
+    ]
+    endpoints.sort(key=lambda e: (e.address, e.proxy_id or ""))
+
+    mesh = world.mesh.defaults
+    load_balancer = snap.LoadBalancer(policy=mesh.load_balancer)
+    pool = snap.ConnectionPool(
+        connect_timeout=mesh.timeouts.connect, idle_timeout=mesh.timeouts.idle
+    )
+    budget = _budget(mesh.retry_budget)
+    for field in _POLICY_FIELDS:
+        value = _policy_field(world.policies, key, field)
+        if isinstance(value, LoadBalancerSpec):
+            load_balancer = _load_balancer(value)
+        elif isinstance(value, ConnectionPoolSpec):
+            pool = _pool(value, world.mesh)
+        elif isinstance(value, RetryBudgetSpec):
+            budget = _budget(value)
+
+    return snap.Cluster(
+        name=cluster_name(key),
+        service=name,
+        namespace=ns,
+        subset=subset,
+        load_balancer=load_balancer,
+        connection_pool=pool,
+        retry_budget=budget,
+        endpoints=endpoints,
+    )
+
+
+def _policy_field(policies: Sequence[DestinationPolicy], key: ClusterKey, field: str) -> object:
+    """The first setting of `field` for this cluster: subset-level policies, then service-level."""
+    name, ns, subset = key
+    levels = [subset, None] if subset is not None else [None]
+    for level in levels:
+        for p in policies:
+            target = p.spec.target_ref
+            if (
+                target.name == name
+                and (target.namespace or p.metadata.namespace) == ns
+                and target.subset == level
+            ):
+                value = getattr(p.spec, field)
+                if value is not None:
+                    return value
+    return None
+
+
+def _load_balancer(spec: LoadBalancerSpec) -> snap.LoadBalancer:
+    ring = None
+    if spec.consistent_hash is not None:
+        h = spec.consistent_hash
+        ring = snap.RingHash(
+            header=h.http_header_name.lower() if h.http_header_name else None,
+            cookie=h.http_cookie,
+            minimum_ring_size=h.minimum_ring_size,
+        )
+    return snap.LoadBalancer(policy=spec.policy, ring_hash=ring)
+
+
+def _pool(spec: ConnectionPoolSpec, mesh: MeshSpec) -> snap.ConnectionPool:
+    timeouts = mesh.defaults.timeouts
+    return snap.ConnectionPool(
+        max_connections=spec.max_connections,
+        max_pending_requests=spec.max_pending_requests,
+        max_requests_per_connection=spec.max_requests_per_connection,
+        # The model's own defaults would hide the Mesh's: only what the policy spelled out wins.
+        idle_timeout=spec.idle_timeout
+        if "idle_timeout" in spec.model_fields_set
+        else timeouts.idle,
+        connect_timeout=spec.connect_timeout
+        if spec.connect_timeout is not None
+        else timeouts.connect,
+    )
+
+
+def _budget(spec: RetryBudgetSpec) -> snap.RetryBudget:
+    return snap.RetryBudget(
+        ratio=float(spec.ratio), min_per_second=float(spec.min_per_second), ttl=float(spec.ttl)
+    )
+
+
+def _inbound(
+    world: _World, regs: Sequence[Registration], proxy: snap.ProxyIdentity
+) -> snap.InboundListener | None:
+    own = [r for r in regs if r.proxy_id == proxy.proxy_id]
+    if not own or not own[0].app_port:
+        return None
+    reg = own[0]
+    service = world.services.get((reg.namespace, reg.service))
+    protocol: snap.Protocol = service.spec.ports[0].protocol if service is not None else "http"
+    return snap.InboundListener(app_port=reg.app_port, protocol=protocol)
+
+
+def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
+    service = world.services.get((proxy.namespace, proxy.service))
+    account = (service.spec.service_account if service is not None else None) or proxy.service
+    return msgspec.structs.replace(
+        proxy, spiffe_id=spiffe_id(world.mesh.trust_domain, proxy.namespace, account)
+    )
