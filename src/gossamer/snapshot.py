@@ -1,18 +1,19 @@
 """The resolved Snapshot: the only contract between the control plane and a proxy.
 
-A proxy never sees raw resources. The control plane's translator builds one Snapshot per proxy from the
-user's resources and the registry; the proxy compiles it into its routing tables. Snapshots are plain,
-immutable data, JSON on the wire with camelCase keys so that `gossamer proxy-config` reads like the
-user's YAML. Durations are float seconds; `None` means "not set" (no limit, or the mesh default was
-already folded in by the translator).
+A proxy never sees raw resources. The control plane's translator builds one Snapshot per proxy
+from the user's resources and the registry; the proxy compiles it into its routing tables.
+Snapshots are plain, immutable data, JSON on the wire with camelCase keys so that
+`gossamer proxy-config` reads like the user's YAML. Durations are float seconds; `None` means
+"not set" (no limit, or the mesh default was already folded in by the translator).
 
 This module must stay import-light (msgspec only): the proxy imports it on its hot start-up path.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import msgspec
 
@@ -22,13 +23,14 @@ PathMatchType = Literal["Exact", "PathPrefix", "RegularExpression"]
 ValueMatchType = Literal["Exact", "RegularExpression"]
 LoadBalancerPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"]
 Protocol = Literal["http", "tcp"]
+_T = TypeVar("_T")
 
 
 class _Base(msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True):
     pass
 
 
-# --- identity ---------------------------------------------------------------------------------------
+# --- identity ------------------------------------------------------------------------------------
 
 
 class ProxyIdentity(_Base, kw_only=True, frozen=True):
@@ -42,7 +44,7 @@ class ProxyIdentity(_Base, kw_only=True, frozen=True):
     spiffe_id: str = ""
 
 
-# --- listeners --------------------------------------------------------------------------------------
+# --- listeners -----------------------------------------------------------------------------------
 
 
 class InboundListener(_Base, kw_only=True, frozen=True):
@@ -57,7 +59,7 @@ class Listeners(_Base, kw_only=True, frozen=True):
     inbound: InboundListener | None = None
 
 
-# --- routes -----------------------------------------------------------------------------------------
+# --- routes --------------------------------------------------------------------------------------
 
 
 class PathMatch(_Base, kw_only=True, frozen=True):
@@ -102,11 +104,15 @@ class PathModifier(_Base, kw_only=True, frozen=True):
     value: str
 
 
-class RequestHeaderModifierFilter(_Base, kw_only=True, frozen=True, tag="RequestHeaderModifier", tag_field="type"):
+class RequestHeaderModifierFilter(
+    _Base, kw_only=True, frozen=True, tag="RequestHeaderModifier", tag_field="type"
+):
     request_header_modifier: HeaderModifier
 
 
-class ResponseHeaderModifierFilter(_Base, kw_only=True, frozen=True, tag="ResponseHeaderModifier", tag_field="type"):
+class ResponseHeaderModifierFilter(
+    _Base, kw_only=True, frozen=True, tag="ResponseHeaderModifier", tag_field="type"
+):
     response_header_modifier: HeaderModifier
 
 
@@ -118,7 +124,9 @@ class RequestRedirect(_Base, kw_only=True, frozen=True):
     status_code: int = 302
 
 
-class RequestRedirectFilter(_Base, kw_only=True, frozen=True, tag="RequestRedirect", tag_field="type"):
+class RequestRedirectFilter(
+    _Base, kw_only=True, frozen=True, tag="RequestRedirect", tag_field="type"
+):
     request_redirect: RequestRedirect
 
 
@@ -181,7 +189,7 @@ class VirtualHost(_Base, kw_only=True, frozen=True):
     rules: list[RouteRule]  # in precedence order (Gateway API rules), the first match wins
 
 
-# --- clusters ---------------------------------------------------------------------------------------
+# --- clusters ------------------------------------------------------------------------------------
 
 
 class Endpoint(_Base, kw_only=True, frozen=True):
@@ -231,7 +239,7 @@ class Cluster(_Base, kw_only=True, frozen=True):
     endpoints: list[Endpoint] = []
 
 
-# --- the whole ----------------------------------------------------------------------------------------
+# --- the whole -----------------------------------------------------------------------------------
 
 
 class Snapshot(_Base, kw_only=True, frozen=True):
@@ -248,9 +256,44 @@ _decoder = msgspec.json.Decoder(Snapshot)
 
 
 def seal(snapshot: Snapshot) -> Snapshot:
-    """Return the snapshot with `version` set to a hash of its content (stable across restarts)."""
-    body = _encoder.encode(msgspec.structs.replace(snapshot, version=""))
-    return msgspec.structs.replace(snapshot, version=hashlib.sha256(body).hexdigest()[:16])
+    """Return the snapshot, canonicalized, with `version` set to a hash of its content.
+
+    Equal content gives the same version however it was built, also across control-plane restarts.
+    """
+    canonical = _canonical(msgspec.structs.replace(snapshot, version=""))
+    body = _encoder.encode(canonical)
+    return msgspec.structs.replace(canonical, version=hashlib.sha256(body).hexdigest()[:16])
+
+
+def _canonical(value: _T) -> _T:
+    """Swap every field value that equals its default for the default object itself.
+
+    msgspec's `omit_defaults` compares by identity, so a "default" namespace parsed from YAML is
+    encoded while the model's own "default" is not: two equal inputs would seal to two versions.
+    Canonical values make the encoding, and so the version, depend on content only.
+    """
+    if isinstance(value, list):
+        # Lists hold either structs or plain values (domains, header names) with no defaults.
+        if value and isinstance(value[0], msgspec.Struct):
+            return cast(_T, [_canonical(v) for v in value])
+        return value
+    if not isinstance(value, msgspec.Struct):
+        return value
+    changes: dict[str, object] = {}
+    for name, default in _defaults(type(value)):
+        current = getattr(value, name)
+        new = _canonical(current) if isinstance(current, msgspec.Struct | list) else current
+        if default is not msgspec.NODEFAULT and type(new) is type(default) and new == default:
+            new = default
+        if new is not current:
+            changes[name] = new
+    return msgspec.structs.replace(value, **changes) if changes else value
+
+
+@functools.cache
+def _defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
+    # msgspec.structs.fields() re-evaluates the annotations on every call: far too slow per value.
+    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls))
 
 
 def encode(snapshot: Snapshot) -> bytes:

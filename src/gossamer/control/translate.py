@@ -36,10 +36,9 @@ retries off with `attempts: 0`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import msgspec
 
@@ -143,38 +142,7 @@ def translate(
         virtual_hosts=virtual_hosts,
         clusters=clusters,
     )
-    return snap.seal(_canonical(built))
-
-
-def _canonical(value: _T) -> _T:
-    """Swap every field value that equals its default for the default object itself.
-
-    msgspec's `omit_defaults` compares by identity, so a "default" namespace parsed from YAML is
-    encoded while the model's own "default" is not: two equal inputs would seal to two versions.
-    Canonical values make the encoding, and so the version, depend on content only.
-    """
-    if isinstance(value, list):
-        # Lists hold either structs or plain values (domains, header names) with no defaults.
-        if value and isinstance(value[0], msgspec.Struct):
-            return cast(_T, [_canonical(v) for v in value])
-        return value
-    if not isinstance(value, msgspec.Struct):
-        return value
-    changes: dict[str, object] = {}
-    for name, default in _defaults(type(value)):
-        current = getattr(value, name)
-        new = _canonical(current) if isinstance(current, msgspec.Struct | list) else current
-        if default is not msgspec.NODEFAULT and type(new) is type(default) and new == default:
-            new = default
-        if new is not current:
-            changes[name] = new
-    return msgspec.structs.replace(value, **changes) if changes else value
-
-
-@functools.cache
-def _defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
-    # msgspec.structs.fields() re-evaluates the annotations on every call: far too slow per value.
-    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls))
+    return snap.seal(built)
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
