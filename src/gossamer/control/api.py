@@ -1,0 +1,417 @@
+"""The control plane's HTTP API (FastAPI): operator resources, the registry, proxy distribution."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gossamer import __version__
+from gossamer import snapshot as snap
+from gossamer.config.errors import ConfigError, Problem, did_you_mean
+from gossamer.config.models import KINDS
+from gossamer.config.validate import validate_apply
+from gossamer.control.distribute import UnknownProxyError
+from gossamer.control.registry import Registration
+from gossamer.control.resources import (
+    RESOURCES_PREFIX,
+    apply_resources,
+    load_resources,
+    resource_key,
+)
+
+if TYPE_CHECKING:
+    from gossamer.control.server import ControlPlane
+
+log = logging.getLogger("gossamer.control.api")
+
+REQUEST_SOURCE = "request"
+_STATUS_CODES = {400: "bad_request", 404: "not_found", 409: "conflict", 422: "invalid"}
+
+
+class ApiError(Exception):
+    """An error answered in the API's one error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Sequence[dict[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = list(details)
+
+
+def error_body(code: str, message: str, details: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": list(details)}}
+
+
+def _error_response(
+    status: int, code: str, message: str, details: Sequence[dict[str, str]] = ()
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status)
+
+
+def invalid(problems: Sequence[Problem], what: str = "the request") -> ApiError:
+    first = problems[0]
+    where = f"{first.path}: " if first.path else ""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ApiError(
+        422,
+        "invalid",
+        f"{what} is invalid: {where}{first.message}{more}",
+        [{"path": p.path, "message": p.message} for p in problems],
+    )
+
+
+def _not_found(message: str) -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def _unknown_proxy(proxy_id: str) -> ApiError:
+    return _not_found(f"proxy {proxy_id!r} is not registered; register it first")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        hint = did_you_mean(kind, KINDS) or f"; known kinds: {', '.join(KINDS)}"
+        raise ApiError(400, "bad_request", f"unknown kind {kind!r}{hint}")
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ApplyRequest(_Body):
+    model_config = ConfigDict(extra="forbid")
+    resources: list[Any]
+
+
+class RegisterRequest(_Body):
+    service: str = Field(min_length=1)
+    namespace: str = "default"
+    subset: str | None = None
+    labels: dict[str, str] = {}
+    zone: str | None = None
+    inbound: str
+    outbound: str = ""
+    admin: str = ""
+    app_port: int = Field(0, ge=0, le=65535)
+    ready: bool = False
+
+    @field_validator("inbound")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be host:port, got {v!r}")
+        return v
+
+
+class HeartbeatRequest(_Body):
+    ready: bool | None = None
+
+
+class AckRequest(_Body):
+    version: str
+    status: Literal["ACK", "NACK"]
+    error: str | None = None
+
+
+# --- errors and logging as ASGI middleware --------------------------------------------------------
+
+
+class _Guard:
+    """Turns any exception into the error shape (no traceback to clients) and logs writes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        status = 500
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("error serving %s %s", scope["method"], scope["path"])
+            if not started:
+                body = json.dumps(
+                    error_body("internal", "internal error in the control plane; see its log")
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                status = 500
+        method = scope["method"]
+        # Heartbeats and ACKs come every second from every proxy: too many to log.
+        path: str = scope["path"]
+        if method != "GET" and not path.endswith(("/heartbeat", "/ack")):
+            log.info("%s %s %d", method, path, status)
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    where, *rest = loc if loc else ("body",)
+    path = str(where) if where != "body" else ""
+    for part in rest:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path or "body"
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    details: list[dict[str, str]] = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            details.append({"path": "body", "message": "request body is not valid JSON"})
+            continue
+        message = str(err.get("msg", "invalid"))
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
+            "model_attributes_type",
+            "dict_type",
+        ):
+            message = "the request body must be a JSON object (Content-Type: application/json)"
+        details.append({"path": _loc_path(err.get("loc", ())), "message": message})
+    first = details[0] if details else {"path": "body", "message": "invalid request"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return _error_response(
+        422, "invalid", f"invalid request: {first['path']}: {first['message']}{more}", details
+    )
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    """The API bound to one running control plane."""
+    app = FastAPI(
+        title="Gossamer control plane",
+        version=__version__,
+        description="Resources in, one Snapshot per proxy out. Errors: "
+        '`{"error": {"code", "message", "details": [{"path", "message"}]}}`.',
+    )
+    store = cp.store
+    registry = cp.registry
+    distributor = cp.distributor
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        code = _STATUS_CODES.get(
+            exc.status_code, "bad_request" if exc.status_code < 500 else "internal"
+        )
+        return _error_response(exc.status_code, code, message)
+
+    app.add_middleware(_Guard)
+
+    # --- operator API ---
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "revision": await store.revision()}
+
+    @app.post("/v1/apply")
+    async def apply(
+        body: ApplyRequest, dry_run: bool = Query(False, alias="dryRun")
+    ) -> dict[str, Any]:
+        """Create or update resources, all or nothing; `dryRun=true` only validates."""
+        async with cp.apply_lock:
+            # Read under the lock so that two applies cannot both check against a stale set.
+            current, _ = await load_resources(store)
+            try:
+                loaded = validate_apply(body.resources, current.values(), REQUEST_SOURCE)
+            except ConfigError as exc:
+                raise invalid(exc.problems) from None
+            result = await apply_resources(
+                store, current, [item.resource for item in loaded], dry_run=dry_run
+            )
+        return {
+            "results": [{"key": key, "action": action} for key, action in result.results],
+            "revision": result.revision,
+            "dryRun": dry_run,
+        }
+
+    @app.get("/v1/resources")
+    async def list_resources(
+        kind: str | None = None, namespace: str | None = None
+    ) -> dict[str, Any]:
+        prefix = RESOURCES_PREFIX
+        if kind is not None:
+            _check_kind(kind)
+            prefix += f"{kind}/"
+            if namespace is not None:
+                prefix += f"{namespace}/"
+        items, revision = await store.list(prefix)
+        out = []
+        for kv in items:
+            _, ns, _ = kv.key.removeprefix(RESOURCES_PREFIX).split("/", 2)
+            if namespace is None or ns == namespace:
+                out.append(json.loads(kv.value))
+        return {"items": out, "revision": revision}
+
+    @app.get("/v1/resources/{kind}/{namespace}/{name}")
+    async def get_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        _check_kind(kind)
+        kv = await store.get(resource_key(kind, namespace, name))
+        if kv is None:
+            raise _not_found(f"{kind}/{namespace}/{name} not found")
+        out: dict[str, Any] = json.loads(kv.value)
+        return out
+
+    @app.delete("/v1/resources/{kind}/{namespace}/{name}")
+    async def delete_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        _check_kind(kind)
+        async with cp.apply_lock:
+            revision = await store.delete(resource_key(kind, namespace, name))
+        if revision is None:
+            raise _not_found(f"{kind}/{namespace}/{name} not found")
+        return {"key": f"{kind}/{namespace}/{name}", "revision": revision}
+
+    @app.get("/v1/endpoints")
+    async def endpoints(service: str | None = None) -> dict[str, Any]:
+        return {"items": [endpoint_item(reg) for reg in registry.endpoints(service)]}
+
+    @app.get("/v1/proxies")
+    async def proxies() -> dict[str, Any]:
+        items = []
+        for reg, status, state in distributor.statuses():
+            items.append(
+                {
+                    "proxyId": reg.proxy_id,
+                    "service": reg.service,
+                    "namespace": reg.namespace,
+                    "subset": reg.subset,
+                    "admin": reg.admin,
+                    "sentVersion": status.sent_version,
+                    "ackedVersion": status.acked_version,
+                    "currentVersion": status.snapshot.version if status.snapshot else None,
+                    "state": state,
+                    "error": status.error,
+                    "lastContact": status.last_contact,
+                }
+            )
+        return {"items": items}
+
+    # --- proxy <-> control plane ---
+
+    @app.post("/v1/proxies/{proxy_id}/register")
+    async def register(proxy_id: str, body: RegisterRequest) -> dict[str, Any]:
+        await registry.register(
+            Registration(
+                proxy_id=proxy_id,
+                service=body.service,
+                namespace=body.namespace,
+                subset=body.subset,
+                labels=dict(body.labels),
+                zone=body.zone,
+                inbound=body.inbound,
+                outbound=body.outbound,
+                admin=body.admin,
+                app_port=body.app_port,
+                ready=body.ready,
+            )
+        )
+        distributor.touch(proxy_id)
+        return {"heartbeatInterval": cp.heartbeat_interval}
+
+    @app.post("/v1/proxies/{proxy_id}/heartbeat")
+    async def heartbeat(proxy_id: str, body: HeartbeatRequest) -> dict[str, Any]:
+        if not await registry.heartbeat(proxy_id, body.ready):
+            raise _unknown_proxy(proxy_id)
+        distributor.touch(proxy_id)
+        return {"heartbeatInterval": cp.heartbeat_interval}
+
+    @app.get("/v1/proxies/{proxy_id}/snapshot")
+    async def get_snapshot(
+        proxy_id: str,
+        version: str | None = None,
+        wait: float | None = Query(None, ge=0, le=300, description="long-poll seconds"),
+    ) -> Response:
+        """The proxy's Snapshot when its version differs from `version`, else 304 after `wait`."""
+        try:
+            found = await distributor.poll(proxy_id, version or None, wait or 0.0)
+        except UnknownProxyError:
+            raise _unknown_proxy(proxy_id) from None
+        if found is None:
+            return Response(status_code=304)
+        return Response(snap.encode(found), media_type="application/json")
+
+    @app.post("/v1/proxies/{proxy_id}/ack")
+    async def ack(proxy_id: str, body: AckRequest) -> dict[str, Any]:
+        try:
+            distributor.ack(proxy_id, body.version, body.status == "ACK", body.error)
+        except UnknownProxyError:
+            raise _unknown_proxy(proxy_id) from None
+        return {}
+
+    @app.delete("/v1/proxies/{proxy_id}")
+    async def deregister(proxy_id: str) -> dict[str, Any]:
+        if not await registry.deregister(proxy_id):
+            raise _unknown_proxy(proxy_id)
+        return {"proxyId": proxy_id}
+
+    return app
+
+
+def endpoint_item(reg: Registration) -> dict[str, Any]:
+    return {
+        "proxyId": reg.proxy_id,
+        "service": reg.service,
+        "namespace": reg.namespace,
+        "subset": reg.subset,
+        "labels": dict(reg.labels),
+        "zone": reg.zone,
+        "address": reg.inbound,
+        "ready": reg.ready,
+        "healthy": reg.healthy,
+        "lastHeartbeat": reg.last_heartbeat,
+    }

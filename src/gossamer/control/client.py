@@ -1,0 +1,157 @@
+"""A small synchronous client of the control plane's operator API, for the CLI (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ApiError(Exception):
+    """The control plane answered with an error, or could not be reached (`status` 0).
+
+    `details` holds the per-field problems: dicts with "path" and "message".
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, details: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details: list[dict[str, Any]] = [dict(d) for d in details]
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        lines.extend(
+            f"  {d.get('path')}: {d.get('message')}" if d.get("path") else f"  {d.get('message')}"
+            for d in self.details
+            if len(self.details) > 1 or str(d.get("message")) not in self.message
+        )
+        return "\n".join(lines)
+
+
+class ControlPlaneClient:
+    """Calls of the operator API; every method raises `ApiError` on failure."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | None] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """Send one request; returns the decoded JSON answer (None for an empty one)."""
+        url = self.base_url + path
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("accept", "application/json")
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _from_http_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, socket.timeout | TimeoutError):
+                reason = f"no answer within {self.timeout:g}s"
+            raise ApiError(
+                0, "unreachable", f"cannot reach the control plane at {self.base_url}: {reason}"
+            ) from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(
+                0, "bad_response", f"the control plane at {self.base_url} sent a non-JSON answer"
+            ) from None
+
+    # --- operator calls ---
+
+    def healthz(self) -> dict[str, Any]:
+        return _obj(self.request("GET", "/healthz"))
+
+    def apply(
+        self, resources: Sequence[Mapping[str, Any]], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Apply resources (all or nothing); returns {"results": [...], "revision": N}."""
+        return _obj(
+            self.request(
+                "POST",
+                "/v1/apply",
+                query={"dryRun": "true" if dry_run else "false"},
+                body={"resources": list(resources)},
+            )
+        )
+
+    def list_resources(
+        self, kind: str | None = None, namespace: str | None = None
+    ) -> dict[str, Any]:
+        return _obj(
+            self.request("GET", "/v1/resources", query={"kind": kind, "namespace": namespace})
+        )
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return _obj(self.request("GET", _resource_path(kind, namespace, name)))
+
+    def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return _obj(self.request("DELETE", _resource_path(kind, namespace, name)))
+
+    def endpoints(self, service: str | None = None) -> list[dict[str, Any]]:
+        return list(_obj(self.request("GET", "/v1/endpoints", query={"service": service}))["items"])
+
+    def proxies(self) -> list[dict[str, Any]]:
+        return list(_obj(self.request("GET", "/v1/proxies"))["items"])
+
+    def proxy_snapshot(self, proxy_id: str) -> dict[str, Any]:
+        """The Snapshot the control plane built for a proxy, as JSON."""
+        path = f"/v1/proxies/{urllib.parse.quote(proxy_id, safe='')}/snapshot"
+        return _obj(self.request("GET", path))
+
+
+def _resource_path(kind: str, namespace: str, name: str) -> str:
+    parts = (urllib.parse.quote(p, safe="") for p in (kind, namespace, name))
+    return "/v1/resources/" + "/".join(parts)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(0, "bad_response", "the control plane sent an unexpected answer")
+    return value
+
+
+def _from_http_error(exc: urllib.error.HTTPError) -> ApiError:
+    try:
+        raw = exc.read()
+    except OSError:
+        raw = b""
+    try:
+        error = json.loads(raw)["error"]
+        return ApiError(
+            exc.code,
+            str(error.get("code", "internal")),
+            str(error.get("message", exc.reason)),
+            [d for d in error.get("details", []) if isinstance(d, dict)],
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ApiError(
+            exc.code,
+            "internal" if exc.code >= 500 else "bad_request",
+            f"HTTP {exc.code} {exc.reason}",
+        )

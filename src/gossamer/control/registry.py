@@ -1,0 +1,178 @@
+"""The registry: every proxy replica's endpoint, readiness and heartbeat health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from gossamer.control.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class Registration(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """One registered proxy (sidecar) and the endpoint it serves for its service.
+
+    `healthy` is `ready` and a heartbeat fresher than the TTL; the registry recomputes it on its own
+    timer, so the translator only reads it. `last_heartbeat` is unix seconds.
+    """
+
+    proxy_id: str
+    service: str
+    namespace: str = "default"
+    subset: str | None = None
+    labels: dict[str, str] = {}
+    zone: str | None = None
+    inbound: str  # "host:port", the endpoint address other proxies send to
+    outbound: str = ""
+    admin: str = ""
+    app_port: int = 0
+    ready: bool = False
+    healthy: bool = False
+    last_heartbeat: float = 0.0
+
+
+REGISTRY_PREFIX = "/registry/"
+_encoder = msgspec.json.Encoder(order="deterministic")
+_decoder = msgspec.json.Decoder(Registration)
+
+
+def registry_key(proxy_id: str) -> str:
+    return f"{REGISTRY_PREFIX}{proxy_id}"
+
+
+class Registry:
+    """Registered proxies with health, persisted under `/registry/{proxyId}`.
+
+    Heartbeats are kept in memory only (writing each one would churn the store's revision and wake
+    every watcher once a second per proxy); registrations and readiness changes are written. A
+    heartbeat is fresh for `ttl` seconds of `clock` (unix seconds, injected so tests drive it);
+    `sweep()` marks stale ones unhealthy and `run()` calls it on a loop timer at the next expiry.
+    """
+
+    def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
+        if ttl <= 0:
+            raise ValueError(f"heartbeat ttl must be positive, got {ttl}")
+        self._store = store
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, Registration] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._wake = asyncio.Event()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever an endpoint appears, goes, or changes readiness or health."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        self._wake.set()
+        for listener in self._listeners:
+            listener()
+
+    async def load(self) -> int:
+        """Load persisted registrations, each with a fresh heartbeat; returns how many."""
+        items, _ = await self._store.list(REGISTRY_PREFIX)
+        now = self._clock()
+        for kv in items:
+            try:
+                reg = _decoder.decode(kv.value)
+            except msgspec.DecodeError as exc:
+                log.warning("skipping unreadable registration %s: %s", kv.key, exc)
+                continue
+            self._entries[reg.proxy_id] = msgspec.structs.replace(
+                reg, last_heartbeat=now, healthy=reg.ready
+            )
+        if items:
+            self._changed()
+        return len(self._entries)
+
+    def get(self, proxy_id: str) -> Registration | None:
+        return self._entries.get(proxy_id)
+
+    def endpoints(self, service: str | None = None) -> list[Registration]:
+        """Every registration (or those of `service`), ordered by proxy id."""
+        return [
+            reg
+            for _, reg in sorted(self._entries.items())
+            if service is None or reg.service == service
+        ]
+
+    async def register(self, registration: Registration) -> Registration:
+        """Add or replace a proxy's registration; it starts with a fresh heartbeat."""
+        reg = msgspec.structs.replace(
+            registration, last_heartbeat=self._clock(), healthy=registration.ready
+        )
+        old = self._entries.get(reg.proxy_id)
+        if old is None or _persisted(old) != _persisted(reg):
+            await self._store.put(registry_key(reg.proxy_id), _persisted(reg))
+        self._entries[reg.proxy_id] = reg
+        if old is None or _visible(old) != _visible(reg):
+            self._changed()
+        return reg
+
+    async def heartbeat(self, proxy_id: str, ready: bool | None = None) -> bool:
+        """Record a heartbeat; False when the proxy is unknown (it should register again)."""
+        old = self._entries.get(proxy_id)
+        if old is None:
+            return False
+        ready = old.ready if ready is None else ready
+        reg = msgspec.structs.replace(old, ready=ready, healthy=ready, last_heartbeat=self._clock())
+        if reg.ready != old.ready:
+            await self._store.put(registry_key(proxy_id), _persisted(reg))
+        if proxy_id in self._entries:  # not deregistered while the write was in flight
+            self._entries[proxy_id] = reg
+            if _visible(old) != _visible(reg):
+                self._changed()
+        return True
+
+    async def deregister(self, proxy_id: str) -> bool:
+        """Forget a proxy; False when it was not registered."""
+        if self._entries.pop(proxy_id, None) is None:
+            return False
+        await self._store.delete(registry_key(proxy_id))
+        self._changed()
+        return True
+
+    def sweep(self) -> bool:
+        """Mark proxies whose heartbeat is older than the TTL unhealthy; True if any changed."""
+        now = self._clock()
+        changed = False
+        for proxy_id, reg in list(self._entries.items()):
+            if reg.healthy and now - reg.last_heartbeat >= self.ttl:
+                self._entries[proxy_id] = msgspec.structs.replace(reg, healthy=False)
+                changed = True
+        if changed:
+            self._changed()
+        return changed
+
+    def next_expiry(self) -> float | None:
+        """Clock time when the next healthy proxy goes stale, or None when none is healthy."""
+        deadlines = [r.last_heartbeat + self.ttl for r in self._entries.values() if r.healthy]
+        return min(deadlines) if deadlines else None
+
+    async def run(self) -> None:
+        """Sweep at each expiry; runs until cancelled."""
+        while True:
+            self.sweep()
+            expiry = self.next_expiry()
+            # Heartbeats only push deadlines later, and a new registration expires at least `ttl`
+            # from now, so sleeping until the earliest deadline (at most `ttl`) misses none.
+            delay = self.ttl if expiry is None else expiry - self._clock()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), self.ttl))
+
+
+def _persisted(reg: Registration) -> bytes:
+    # Health and heartbeat time are not persisted: a restarted control plane gives every
+    # registration a fresh TTL instead.
+    return _encoder.encode(msgspec.structs.replace(reg, healthy=False, last_heartbeat=0.0))
+
+
+def _visible(reg: Registration) -> Registration:
+    """The part of a registration the translator sees change (not the heartbeat time)."""
+    return msgspec.structs.replace(reg, last_heartbeat=0.0)

@@ -1,0 +1,197 @@
+"""The `gossamer control-plane` process: the parts wired together, served by uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gossamer.control.distribute import Distributor, TranslateFn
+from gossamer.control.registry import Registry
+from gossamer.control.resources import ResourceCache
+from gossamer.control.store.base import Store
+from gossamer.control.store.sqlite import SqliteStore
+
+log = logging.getLogger("gossamer.control")
+
+STORE_FILE = "store.sqlite"
+
+
+class ControlPlane:
+    """Store, resource cache, registry and distributor, and the tasks that keep them current."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        heartbeat_ttl: float = 3.0,
+        clock: Callable[[], float],
+        translate: TranslateFn | None = None,
+        debounce: float = 0.015,
+    ) -> None:
+        self.store = store
+        self.registry = Registry(store, ttl=heartbeat_ttl, clock=clock)
+        self.cache = ResourceCache(store)
+        self.distributor = Distributor(
+            self.cache.sorted_resources,
+            self.registry,
+            clock=clock,
+            translate=translate,
+            debounce=debounce,
+        )
+        self.cache.subscribe(self.distributor.mark_dirty)
+        self.registry.subscribe(self.distributor.mark_dirty)
+        self.apply_lock = asyncio.Lock()
+        # Three heartbeats per TTL: one lost heartbeat does not mark a replica unhealthy.
+        self.heartbeat_interval = heartbeat_ttl / 3
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(
+        cls,
+        state_dir: str | Path,
+        *,
+        heartbeat_ttl: float = 3.0,
+        clock: Callable[[], float],
+        translate: TranslateFn | None = None,
+        debounce: float = 0.015,
+    ) -> ControlPlane:
+        """Open the SQLite store in `state_dir` (created if needed) and build the parts on it."""
+        store = await SqliteStore.open(Path(state_dir) / STORE_FILE)
+        return cls(
+            store, heartbeat_ttl=heartbeat_ttl, clock=clock, translate=translate, debounce=debounce
+        )
+
+    async def start(self) -> None:
+        """Load resources and registrations, build every snapshot, then follow changes."""
+        await self.cache.load()
+        await self.registry.load()
+        self.distributor.recompute()
+        self._tasks = [
+            asyncio.create_task(self.cache.follow(), name="resource-watch"),
+            asyncio.create_task(self.registry.run(), name="registry-ttl"),
+            asyncio.create_task(self.distributor.run(), name="distribute"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.store.close()
+
+
+def write_ready_file(path: str | Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temp file beside `path`, then rename it, so readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse "host:port" (port 0: any free port).
+
+    Raises:
+        ValueError: naming the value when it is not host:port.
+    """
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen must be host:port, such as 127.0.0.1:0, got {value!r}")
+    return host, int(port)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that announces its bound address and exits 0 on SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[str, int], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        sock = self.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        self._on_started(host, port)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured signal after shutdown, which would end the process
+        # "killed by SIGTERM"; a requested stop is a clean exit here.
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        for sig in sigs:
+            loop.add_signal_handler(sig, self._stop, sig)
+        try:
+            yield
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+    def _stop(self, sig: int) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+async def serve(
+    listen: str,
+    state_dir: str | Path,
+    *,
+    ready_file: str | Path | None = None,
+    heartbeat_ttl: float = 3.0,
+    log_level: str = "warning",
+) -> None:
+    """Run the control plane until SIGTERM/SIGINT."""
+    from gossamer.control.api import create_app
+
+    host, port = parse_listen(listen)
+    # The process edge: the registry and status report unix seconds, so the clock is the wall's.
+    cp = await ControlPlane.open(state_dir, heartbeat_ttl=heartbeat_ttl, clock=time.time)
+    try:
+        await cp.start()
+        app = create_app(cp)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            # Long polls are cut short at shutdown rather than held for their full wait.
+            timeout_graceful_shutdown=1,
+        )
+
+        def started(bound_host: str, bound_port: int) -> None:
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            api = f"http://{shown}:{bound_port}"
+            log.info("control plane serving on %s (state in %s)", api, state_dir)
+            if ready_file is not None:
+                write_ready_file(ready_file, {"api": api, "pid": os.getpid()})
+
+        await _Server(config, started).serve()
+    finally:
+        await cp.close()

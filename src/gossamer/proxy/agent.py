@@ -1,0 +1,532 @@
+"""The proxy's control-plane client: register, heartbeat, long-poll snapshots, ACK/NACK, deregister.
+
+It speaks HTTP/1.1 JSON (see "Proxy <-> control plane" in docs/internals.md) over a tiny asyncio
+client of its own, so the sidecar never imports an HTTP library or the control plane's models. Two
+loops run side by side: the session loop (register, then heartbeat; a 404 means the control plane
+forgot us, so register again) and the watch loop (long-poll the snapshot, apply it, ACK or NACK).
+Neither ever ends on an error: an unreachable control plane means jittered, capped backoff and
+another try, while the proxy keeps serving the snapshot it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import httptools
+import msgspec
+
+from gossamer import snapshot as snapshot_mod
+from gossamer.proxy.cache import SnapshotCache
+from gossamer.snapshot import Snapshot
+from gossamer.telemetry.metrics import Registry
+
+log = logging.getLogger("gossamer.proxy")
+
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+# --- a minimal HTTP/1.1 client --------------------------------------------------------------------
+
+
+class ControlPlaneError(Exception):
+    """The control plane could not be reached or answered something that is not HTTP."""
+
+
+def parse_base_url(url: str) -> tuple[str, int, str]:
+    """Split `http://host:port[/prefix]` into (host, port, prefix); ValueError says what is off."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(f"control plane URL {url!r} must start with http://")
+    if not parts.hostname:
+        raise ValueError(f"control plane URL {url!r} has no host")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(f"control plane URL {url!r} has an invalid port") from None
+    return parts.hostname, port, parts.path.rstrip("/")
+
+
+class _Response:
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def http_request(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    *,
+    time_limit: float,
+) -> tuple[int, bytes]:
+    """One request on a fresh connection. Returns (status, body).
+
+    Raises:
+        ControlPlaneError: connect failure, timeout, or a response that is not HTTP/1.1.
+    """
+    head = [
+        f"{method} {target} HTTP/1.1",
+        f"host: {host}:{port}",
+        "user-agent: gossamer-proxy",
+        "connection: close",
+    ]
+    if body is not None:
+        head += ["content-type: application/json", f"content-length: {len(body)}"]
+    data = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
+    sink = _Response()
+    parser = httptools.HttpResponseParser(sink)
+    received = 0
+    try:
+        async with asyncio.timeout(time_limit):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(data)
+                while not sink.complete:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    if received > MAX_RESPONSE_BYTES:
+                        raise ControlPlaneError(f"{method} {target}: response larger than 64 MiB")
+                    parser.feed_data(chunk)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except TimeoutError:
+        raise ControlPlaneError(f"{method} {target}: no answer within {time_limit:g}s") from None
+    except OSError as exc:
+        raise ControlPlaneError(f"{host}:{port}: {exc.strerror or exc}") from None
+    except httptools.HttpParserError as exc:
+        raise ControlPlaneError(f"{method} {target}: bad HTTP response: {exc}") from None
+    # A body without a length ends at EOF; anything cut short before the head is an error.
+    if not sink.headers_done:
+        raise ControlPlaneError(f"{method} {target}: connection closed before a response")
+    return parser.get_status_code(), b"".join(sink.body)
+
+
+# --- what the proxy runs --------------------------------------------------------------------------
+
+
+class AgentMetrics:
+    """The proxy's own metrics about its snapshot and its control plane."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.snapshot_info = registry.gauge(
+            "gossamer_proxy_snapshot_info",
+            "The snapshot the proxy runs (value 1), by version and where it came from.",
+            ("version", "source"),
+        )
+        self.applies = registry.counter(
+            "gossamer_proxy_snapshot_applies_total",
+            "Snapshots received, by outcome (ack, nack).",
+            ("result",),
+        )
+        self.applies_ack = self.applies.labels("ack")
+        self.applies_nack = self.applies.labels("nack")
+        self.connected = registry.gauge(
+            "gossamer_proxy_control_plane_connected",
+            "1 when the last call to the control plane succeeded.",
+        )
+        self.heartbeats = registry.counter(
+            "gossamer_proxy_heartbeats_total",
+            "Heartbeats sent, by result (ok, unknown, error).",
+            ("result",),
+        )
+        self.registrations = registry.counter(
+            "gossamer_proxy_registrations_total", "Successful registrations with the control plane."
+        )
+        self.ready = registry.gauge("gossamer_proxy_ready", "1 when the proxy reports ready.")
+
+
+class SnapshotHolder:
+    """The Snapshot the proxy runs, with its version, where it came from and its ACK state.
+
+    `install` hands a Snapshot to the data plane (`apply`, which raises SnapshotError and keeps its
+    old tables when it cannot) and returns None on success or the reason it failed.
+    """
+
+    def __init__(
+        self,
+        apply: Callable[[Snapshot], None],
+        metrics: AgentMetrics,
+        cache: SnapshotCache | None = None,
+    ) -> None:
+        self._apply = apply
+        self.metrics = metrics
+        self.cache = cache
+        self.snapshot: Snapshot | None = None
+        self.source = ""  # "control-plane", "cache" or "file"
+        self.status = "NONE"  # ACK/NACK of the last snapshot received (NONE before any)
+        self.last_version = ""  # the last version received, applied or not
+        self.last_error = ""
+        self.listeners: list[Callable[[], None]] = []
+        self._installed = asyncio.Event()
+
+    @property
+    def version(self) -> str:
+        return self.snapshot.version if self.snapshot is not None else ""
+
+    def install(self, snap: Snapshot, source: str) -> str | None:
+        self.last_version = snap.version
+        try:
+            self._apply(snap)
+        except Exception as exc:
+            # SnapshotError is the expected failure; anything else is a data-plane bug, still
+            # reported as a NACK so that one bad snapshot never takes the proxy down.
+            reason = str(exc) or type(exc).__name__
+            if type(exc).__name__ != "SnapshotError":
+                reason = f"{type(exc).__name__}: {reason}"
+            self.reject(snap.version, reason)
+            return reason
+        first = self.snapshot is None
+        self.snapshot, self.source = snap, source
+        self.status, self.last_error = "ACK", ""
+        self.metrics.applies_ack.inc()
+        self.metrics.snapshot_info.clear()
+        self.metrics.snapshot_info.labels(snap.version, source).set(1)
+        self._installed.set()
+        log.info("snapshot %s applied (from %s)", snap.version or "(unversioned)", source)
+        if self.cache is not None and source == "control-plane":
+            try:
+                self.cache.save(snap)
+            except OSError as exc:
+                log.warning("cannot write snapshot cache %s: %s", self.cache.path, exc)
+        if first:
+            for listener in self.listeners:
+                listener()
+        return None
+
+    def reject(self, version: str, reason: str) -> None:
+        self.last_version = version
+        self.status, self.last_error = "NACK", reason
+        self.metrics.applies_nack.inc()
+        log.warning("snapshot %s rejected (NACK): %s", version or "(unknown version)", reason)
+
+    async def wait_installed(self) -> None:
+        await self._installed.wait()
+
+
+# --- the agent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the proxy tells the control plane about itself (camelCase on the wire)."""
+
+    proxy_id: str
+    service: str
+    inbound: str
+    outbound: str
+    admin: str
+    app_port: int
+    namespace: str = "default"
+    subset: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    zone: str | None = None
+
+    def body(self, ready: bool) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "namespace": self.namespace,
+            "subset": self.subset,
+            "labels": self.labels,
+            "zone": self.zone,
+            "inbound": self.inbound,
+            "outbound": self.outbound,
+            "admin": self.admin,
+            "appPort": self.app_port,
+            "ready": ready,
+        }
+
+
+class _RegisterAnswer(msgspec.Struct, rename="camel"):
+    heartbeat_interval: float = 1.0
+
+
+class _VersionOnly(msgspec.Struct):
+    version: str = ""
+
+
+_json = msgspec.json.Encoder()
+
+
+def backoff_delay(attempt: int, rand: random.Random, base: float = 0.1, cap: float = 2.0) -> float:
+    """Exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
+    delay = min(cap, base * (2 ** min(attempt, 16)))
+    return rand.uniform(delay / 2, delay)
+
+
+class Agent:
+    """Keeps the proxy registered and its snapshot current. `start()`, then `stop()` on drain."""
+
+    def __init__(
+        self,
+        control_plane: str,
+        registration: Registration,
+        holder: SnapshotHolder,
+        *,
+        is_ready: Callable[[], bool],
+        poll_wait: float = 30.0,
+        request_timeout: float = 2.0,
+        backoff_cap: float = 2.0,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.url = control_plane
+        self.host, self.port, prefix = parse_base_url(control_plane)
+        self.base = f"{prefix}/v1/proxies/{quote(registration.proxy_id, safe='')}"
+        self.registration = registration
+        self.holder = holder
+        self.is_ready = is_ready
+        self.poll_wait = poll_wait
+        self.request_timeout = request_timeout
+        self.backoff_cap = backoff_cap
+        self.rand = rand or random.Random()
+        self.metrics = holder.metrics
+        self.heartbeat_interval = 1.0
+        self.connected = False
+        self.registered = asyncio.Event()
+        self.session = 0  # bumped on every successful registration
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_failure = ""
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._session_loop(), name="agent-session"),
+            asyncio.create_task(self._watch_loop(), name="agent-watch"),
+        ]
+
+    async def stop(self, deregister: bool = True, time_limit: float = 1.0) -> None:
+        """Stop both loops; then tell the control plane we are gone (best effort, bounded)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if deregister and self.registered.is_set():
+            try:
+                status, _ = await self._call("DELETE", self.base, time_limit=time_limit)
+            except ControlPlaneError as exc:
+                log.info("deregister skipped: control plane unreachable: %s", exc)
+            else:
+                log.info("deregistered from control plane (status %d)", status)
+
+    def readiness_changed(self) -> None:
+        """Send a heartbeat now rather than at the next tick."""
+        self._wake.set()
+
+    # -- plumbing --
+
+    async def _call(
+        self, method: str, target: str, body: object = None, *, time_limit: float | None = None
+    ) -> tuple[int, bytes]:
+        payload = None if body is None else _json.encode(body)
+        try:
+            answer = await http_request(
+                self.host,
+                self.port,
+                method,
+                target,
+                payload,
+                time_limit=self.request_timeout if time_limit is None else time_limit,
+            )
+        except ControlPlaneError as exc:
+            self._set_connected(False, str(exc))
+            raise
+        self._set_connected(True)
+        return answer
+
+    def _set_connected(self, connected: bool, why: str = "") -> None:
+        if connected and not self.connected:
+            log.info("control plane %s reachable", self.url)
+            self._last_failure = ""
+        elif not connected and (self.connected or why != self._last_failure):
+            if not self._last_failure:
+                # One line per outage, not one per retry.
+                log.warning("control plane unreachable: %s; retrying", why)
+            self._last_failure = why
+        self.connected = connected
+        self.metrics.connected.set(1 if connected else 0)
+
+    async def _sleep_backoff(self, attempt: int) -> None:
+        await asyncio.sleep(backoff_delay(attempt, self.rand, cap=self.backoff_cap))
+
+    # -- session: register and heartbeat --
+
+    async def _register(self) -> bool:
+        ready = self.is_ready()
+        status, body = await self._call(
+            "POST", f"{self.base}/register", self.registration.body(ready)
+        )
+        if status != 200:
+            log.warning("control plane refused registration: %d %s", status, _excerpt(body))
+            return False
+        try:
+            answer = msgspec.json.decode(body, type=_RegisterAnswer) if body else _RegisterAnswer()
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("register answer unreadable (%s); heartbeating every 1s", exc)
+            answer = _RegisterAnswer()
+        self.heartbeat_interval = max(0.05, answer.heartbeat_interval)
+        self.session += 1
+        self.metrics.registrations.inc()
+        self.metrics.ready.set(1 if ready else 0)
+        self.registered.set()
+        log.info(
+            "registered %s with control plane (heartbeat every %gs)",
+            self.registration.proxy_id,
+            self.heartbeat_interval,
+        )
+        return True
+
+    async def _heartbeat(self) -> bool:
+        """One heartbeat; False when the control plane no longer knows us."""
+        ready = self.is_ready()
+        status, body = await self._call("POST", f"{self.base}/heartbeat", {"ready": ready})
+        if status == 404:
+            self.metrics.heartbeats.labels("unknown").inc()
+            return False
+        if status != 200:
+            self.metrics.heartbeats.labels("error").inc()
+            log.warning("heartbeat answered %d %s", status, _excerpt(body))
+            return True
+        self.metrics.heartbeats.labels("ok").inc()
+        self.metrics.ready.set(1 if ready else 0)
+        return True
+
+    async def _session_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                if not self.registered.is_set():
+                    if await self._register():
+                        attempt = 0
+                        continue
+                    await self._sleep_backoff(attempt)
+                    attempt += 1
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.heartbeat_interval):
+                        await self._wake.wait()
+                self._wake.clear()
+                if not await self._heartbeat():
+                    log.info("control plane does not know this proxy; registering again")
+                    self.registered.clear()
+                attempt = 0
+            except ControlPlaneError:
+                self.metrics.heartbeats.labels("error").inc()
+                await self._sleep_backoff(attempt)
+                attempt += 1
+
+    # -- watch: long-poll, apply, ACK/NACK --
+
+    async def _watch_loop(self) -> None:
+        attempt = 0
+        resync = True
+        polled_session = -1
+        while True:
+            await self.registered.wait()
+            # After a new registration or an error, ask for the whole state again (version ""):
+            # a restarted control plane has lost our ACK, and re-sending it is cheap.
+            fresh = resync or polled_session != self.session
+            version = "" if fresh else self.holder.last_version
+            polled_session = self.session
+            target = (
+                f"{self.base}/snapshot?version={quote(version, safe='')}&wait={self.poll_wait:g}"
+            )
+            try:
+                status, body = await self._call(
+                    "GET", target, time_limit=self.poll_wait + self.request_timeout + 1.0
+                )
+            except ControlPlaneError:
+                resync = True
+                await self._sleep_backoff(attempt)
+                attempt += 1
+                continue
+            if status == 304:
+                resync, attempt = False, 0
+            elif status == 200:
+                await self._receive(body)
+                resync, attempt = False, 0
+            elif status == 404:
+                log.info("control plane has no snapshot for this proxy; registering again")
+                self.registered.clear()
+                self._wake.set()
+                resync = True
+            else:
+                log.warning("snapshot poll answered %d %s", status, _excerpt(body))
+                resync = True
+                await self._sleep_backoff(attempt)
+                attempt += 1
+
+    async def _receive(self, body: bytes) -> None:
+        holder = self.holder
+        try:
+            snap = snapshot_mod.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            version = _peek_version(body)
+            reason = f"invalid snapshot: {exc}"
+            holder.reject(version, reason)
+            await self._ack(version, reason)
+            return
+        if snap.proxy.proxy_id != self.registration.proxy_id:
+            reason = (
+                f"snapshot is for proxy {snap.proxy.proxy_id!r}, not {self.registration.proxy_id!r}"
+            )
+            holder.reject(snap.version, reason)
+            await self._ack(snap.version, reason)
+            return
+        if holder.snapshot is not None and snap.version and snap.version == holder.version:
+            # Same content as what we run (a resync, or the one we started from the cache).
+            holder.last_version = snap.version
+            if holder.source != "control-plane":
+                holder.source = "control-plane"
+                holder.metrics.snapshot_info.clear()
+                holder.metrics.snapshot_info.labels(snap.version, "control-plane").set(1)
+            holder.status, holder.last_error = "ACK", ""
+            await self._ack(snap.version, None)
+            return
+        error = holder.install(snap, "control-plane")
+        await self._ack(snap.version, error)
+
+    async def _ack(self, version: str, error: str | None) -> None:
+        body = {"version": version, "status": "NACK" if error else "ACK", "error": error or ""}
+        try:
+            status, answer = await self._call("POST", f"{self.base}/ack", body)
+        except ControlPlaneError:
+            return  # the next resync after reconnecting sends it again
+        if status != 200:
+            log.warning("ack for %s answered %d %s", version, status, _excerpt(answer))
+
+
+def _peek_version(body: bytes) -> str:
+    try:
+        return msgspec.json.decode(body, type=_VersionOnly).version
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace").replace("\n", " ")
+    return text + ("..." if len(body) > limit else "")

@@ -1,0 +1,203 @@
+"""Cluster runtime: endpoints, balancer, connection pools, pool limits and the retry budget.
+
+One `ClusterRuntime` per Snapshot cluster (and one for the local app behind the inbound listener).
+It survives Snapshot updates: `update(spec)` keeps the endpoint states and pools of endpoints that
+persist, so counters, latency estimates and warm connections carry over.
+
+Limits (Envoy's circuit breakers): `max_connections` counts every open or opening connection of the
+cluster; a request that finds no idle connection and no free slot waits in `pending` (at most
+`max_pending_requests`, else it is refused with the `overflow` flag). A released connection goes to
+the first waiter: directly when the waiter chose the same endpoint, else it is closed and its slot
+used to connect to the waiter's endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from typing import TYPE_CHECKING
+
+from gossamer import snapshot as snap
+from gossamer.proxy.loadbalance import (
+    EndpointState,
+    HashKeyExtractor,
+    LoadBalancer,
+    make_balancer,
+    reconcile,
+)
+from gossamer.proxy.retry import RetryBudget
+from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics
+from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
+
+if TYPE_CHECKING:
+    from gossamer.http.message import RequestHead
+    from gossamer.proxy.exchange import Exchange
+
+
+class Overflow(Exception):
+    """The cluster's pending-request limit is reached."""
+
+
+class ClusterRuntime:
+    """The live state of one cluster."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: snap.Cluster,
+        metrics: DataPlaneMetrics,
+        direction: str,
+        max_header_bytes: int = 65536,
+        rand: random.Random | None = None,
+    ) -> None:
+        """Raises ValueError naming the cluster when its spec cannot be applied."""
+        self.loop = loop
+        self.name = spec.name
+        self.max_header_bytes = max_header_bytes
+        self.rand = rand if rand is not None else random.Random()
+        self.stats = ClusterStats(metrics, direction, spec.name)
+        self.connections = 0  # open or opening, all endpoints
+        self.pending: deque[Exchange] = deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.pools: dict[str, EndpointPool] = {}
+        self.endpoints: list[EndpointState] = []
+        self.spec = spec
+        self.balancer: LoadBalancer = make_balancer(spec, self.rand, loop.time)
+        self.hash_key: HashKeyExtractor | None = None
+        self._configure(spec)
+        self._set_endpoints(spec)
+
+    def _configure(self, spec: snap.Cluster) -> None:
+        pool = spec.connection_pool
+        self.max_connections = max(1, pool.max_connections)
+        self.max_pending = max(0, pool.max_pending_requests)
+        self.max_requests_per_connection = max(0, pool.max_requests_per_connection)
+        self.idle_timeout = pool.idle_timeout if pool.idle_timeout > 0 else 60.0
+        self.connect_timeout = pool.connect_timeout if pool.connect_timeout > 0 else 2.0
+        rb = spec.retry_budget
+        self.budget = RetryBudget(rb.ratio, rb.min_per_second, rb.ttl, self.loop.time)
+        lb = spec.load_balancer
+        self.hash_key = HashKeyExtractor(lb.ring_hash) if lb.policy == "RING_HASH" else None
+
+    def _set_endpoints(self, spec: snap.Cluster) -> None:
+        states = reconcile(self.endpoints, spec.endpoints, self.loop.time)
+        pools: dict[str, EndpointPool] = {}
+        for state in states:
+            pool = self.pools.get(state.address)
+            pools[state.address] = pool if pool is not None else EndpointPool(self, state)
+        for address, pool in self.pools.items():
+            if address not in pools:
+                pool.removed = True
+                pool.close_idle()
+        self.endpoints = states
+        self.pools = pools
+        self.balancer.update(states)
+
+    @staticmethod
+    def check(spec: snap.Cluster, loop: asyncio.AbstractEventLoop) -> None:
+        """Raise ValueError (naming the cluster) for a spec `update` could not apply."""
+        make_balancer(spec, random.Random(0), loop.time)
+        reconcile([], spec.endpoints, loop.time)
+
+    def update(self, spec: snap.Cluster) -> None:
+        """Take a new Snapshot's version of this cluster, keeping persisting endpoints' state."""
+        old = self.spec
+        self.spec = spec
+        if spec.load_balancer != old.load_balancer:
+            self.balancer = make_balancer(spec, self.rand, self.loop.time)
+        self._configure(spec)
+        self._set_endpoints(spec)
+
+    def close(self) -> None:
+        """The cluster left the Snapshot: close idle connections now, busy ones when done."""
+        for pool in self.pools.values():
+            pool.removed = True
+            pool.close_idle()
+
+    # --- per request -----------------------------------------------------------------------------
+
+    def pick(self, head: RequestHead, tried: list[EndpointPool] | None) -> EndpointPool | None:
+        """An endpoint for a try; a retry avoids endpoints already tried while others are up."""
+        key = self.hash_key(head) if self.hash_key is not None else None
+        state = self.balancer.pick(key)
+        if state is None:
+            return None
+        if tried:
+            tried_states = [p.endpoint for p in tried]
+            if state in tried_states:
+                for _ in range(3):
+                    other = self.balancer.pick(None)
+                    if other is not None and other not in tried_states:
+                        return self.pools[other.address]
+                untried = [e for e in self.endpoints if e.available and e not in tried_states]
+                if untried:
+                    state = untried[int(self.rand.random() * len(untried))]
+        return self.pools[state.address]
+
+    def acquire(self, exchange: Exchange, pool: EndpointPool) -> UpstreamConnection | None:
+        """A connection to `pool`'s endpoint now, or None when one is coming (the exchange is
+        called back with `on_connection` / `on_connect_failure`).
+
+        Raises:
+            Overflow: no connection slot and the pending queue is full.
+        """
+        conn = pool.take_idle()
+        if conn is not None:
+            return conn
+        if self.connections < self.max_connections:
+            pool.connect(exchange)
+            return None
+        if len(self.pending) >= self.max_pending:
+            raise Overflow(self.name)
+        exchange.waiting_pool = pool
+        self.pending.append(exchange)
+        # An idle connection to another endpoint holds a slot this request can use.
+        self._reclaim_idle_slot()
+        return None
+
+    def _reclaim_idle_slot(self) -> None:
+        for pool in self.pools.values():
+            if pool.idle:
+                pool.idle[0].close()  # on_connection_gone hands the slot to the first waiter
+                return
+
+    def cancel_pending(self, exchange: Exchange) -> None:
+        with contextlib.suppress(ValueError):
+            self.pending.remove(exchange)
+
+    def hand_over(self, conn: UpstreamConnection) -> bool:
+        """Give a released connection (or its slot) to the first waiter; False if none."""
+        while self.pending:
+            waiter = self.pending.popleft()
+            pool = waiter.waiting_pool
+            waiter.waiting_pool = None
+            if pool is None:
+                continue
+            if pool is conn.pool:
+                waiter.on_connection(conn, reused=True)
+            else:
+                conn.close()  # its slot goes to the waiter through on_connection_gone
+                self.pending.appendleft(waiter)
+                waiter.waiting_pool = pool
+            return True
+        return False
+
+    def on_connection_gone(self, pool: EndpointPool) -> None:
+        """A connection closed or failed to open: its slot may serve a waiter."""
+        self.connections -= 1
+        while self.pending and self.connections < self.max_connections:
+            waiter = self.pending.popleft()
+            target = waiter.waiting_pool
+            waiter.waiting_pool = None
+            if target is None:
+                continue
+            if target.removed:
+                target = self.pools.get(target.endpoint.address, target)
+            conn = target.take_idle()
+            if conn is not None:
+                waiter.on_connection(conn, reused=True)
+            else:
+                waiter.awaiting = True
+                target.connect(waiter)

@@ -1,0 +1,491 @@
+"""Downstream side: the asyncio Protocol for one client connection on a listener.
+
+It feeds bytes to the request parser and, per request, adds the mesh's headers, routes (outbound)
+or picks the local app (inbound), and starts an `Exchange`. Requests are answered in order:
+while one is in flight, events of pipelined requests that arrived with it are kept in a backlog
+and reading pauses, so at most one read's worth of bytes waits. One timer per connection, re-armed
+only when it fires, enforces the header timeout (a client must finish a request head within it)
+and the keep-alive idle timeout, so an ordinary request costs no timer operations here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from gossamer.http.errors import ProtocolError
+from gossamer.http.http1 import (
+    BODY_CHUNKED,
+    BODY_UNTIL_EOF,
+    CRLF,
+    LAST_CHUNK,
+    RequestParser,
+    chunk_prefix,
+    serialize_response_head,
+)
+from gossamer.http.message import RequestHead, ResponseHead
+from gossamer.proxy import flags
+from gossamer.proxy.exchange import Exchange
+
+if TYPE_CHECKING:
+    from gossamer.proxy.dataplane import Listener
+
+log = logging.getLogger("gossamer.proxy.connection")
+
+READ_PIPELINE = 1  # a pipelined request waits for the current response
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HTTP = b"http"
+_NO_BACKEND = "no-backend"
+# Flags proxy/flags.py may not know yet fall back to one it does, with their own status.
+_INTERNAL_FLAG: str = getattr(flags, "INTERNAL_ERROR", flags.UPSTREAM_RESET)
+
+
+def new_request_id() -> bytes:
+    """A random 128-bit id in hex (as fast as it gets: one urandom read, one hexlify)."""
+    return binascii.hexlify(os.urandom(16))
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    __slots__ = (
+        "backlog",
+        "client_ip",
+        "closed",
+        "exchange",
+        "head_started",
+        "http10",
+        "idle_since",
+        "keep_alive",
+        "listener",
+        "loop",
+        "out_chunked",
+        "parser",
+        "read_paused",
+        "req_done",
+        "request_id",
+        "resp_done",
+        "timer",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = RequestParser(self, listener.settings.max_header_bytes)
+        self.client_ip = b""
+        self.exchange: Exchange | None = None
+        self.backlog: list[tuple[int, object, int, bool]] | None = None
+        self.request_id = b""
+        self.keep_alive = True
+        self.http10 = False
+        self.out_chunked = False
+        self.req_done = True
+        self.resp_done = True
+        self.read_paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.head_started = 0.0
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client_ip = str(peer[0]).encode("ascii", "replace")
+        listener = self.listener
+        listener.connections.add(self)
+        listener.stats.active.inc()
+        listener.stats.total.inc()
+        now = self.loop.time()
+        self.idle_since = now
+        self.head_started = now  # a new connection must send its first head in time
+        self.timer = self.loop.call_later(listener.timer_period, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        except Exception:
+            log.exception(
+                "unexpected error handling a request on the %s listener", self.listener.direction
+            )
+            self._internal_error()
+            return
+        if self.exchange is None and self.head_started == 0.0 and self.parser.head_pending:
+            self.head_started = self.loop.time()
+
+    def eof_received(self) -> bool:
+        # A client that half-closes after its request still gets the response.
+        return self.exchange is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        listener = self.listener
+        listener.connections.discard(self)
+        listener.stats.active.dec()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_downstream_lost()
+        listener.on_connection_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchange is not None:
+            self.exchange.on_downstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchange is not None:
+            self.exchange.on_downstream_resume_writing()
+
+    # --- request events (RequestHandler) -------------------------------------------------------
+
+    def on_request_head(self, head: RequestHead, body_length: int, keep_alive: bool) -> None:
+        if self.exchange is not None or self.backlog is not None:
+            self._queue(0, head, body_length, keep_alive)
+            return
+        self._start(head, body_length, keep_alive)
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.backlog is not None:
+            self._queue(1, data, 0, False)
+        elif self.exchange is not None:
+            self.exchange.on_request_body(data)
+
+    def on_request_end(self) -> None:
+        if self.backlog is not None:
+            self._queue(2, None, 0, False)
+            return
+        self.req_done = True
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_request_end()
+            if self.resp_done:
+                self._cycle_done()
+
+    def _queue(self, kind: int, item: object, body_length: int, keep_alive: bool) -> None:
+        if self.backlog is None:
+            self.backlog = []
+            self.pause_reading(READ_PIPELINE)
+        self.backlog.append((kind, item, body_length, keep_alive))
+
+    # --- one request ---------------------------------------------------------------------------
+
+    def _start(self, head: RequestHead, body_length: int, keep_alive: bool) -> None:
+        listener = self.listener
+        self.head_started = 0.0
+        self.req_done = body_length == 0
+        self.resp_done = False
+        self.keep_alive = keep_alive
+        self.http10 = head.http_version == b"1.0"
+        headers = head.headers
+        rid = None
+        xff = -1
+        xfp = -1
+        expect = -1
+        for i, (k, v) in enumerate(headers):
+            if k[0] == 120:  # "x": the only names we look at start with x or e
+                if k == b"x-request-id":
+                    rid = v
+                elif k == b"x-forwarded-for":
+                    xff = i
+                elif k == b"x-forwarded-proto":
+                    xfp = i
+            elif k == b"expect":
+                expect = i
+        if rid is None:
+            rid = new_request_id()
+            headers.append((b"x-request-id", rid))
+        self.request_id = rid
+        if xff >= 0:
+            headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + self.client_ip)
+        else:
+            headers.append((b"x-forwarded-for", self.client_ip))
+        if xfp < 0:
+            headers.append((b"x-forwarded-proto", _HTTP))
+        elif listener.outbound:
+            headers[xfp] = (b"x-forwarded-proto", _HTTP)
+        if expect >= 0:
+            # We answer 100-continue ourselves; the upstream never sees Expect.
+            if headers[expect][1].lower() == b"100-continue" and not self.req_done:
+                assert self.transport is not None
+                self.transport.write(_CONTINUE)
+            del headers[expect]
+        tables = listener.dataplane.tables
+        route = None
+        backend = None
+        plan = None
+        if listener.outbound:
+            route = tables.routes.match(head)
+            if route is None:
+                self._start_local(flags.NO_ROUTE, f"no route for host {_text(head.host)!r}")
+                return
+            redirect = route.redirect
+            if redirect is not None:
+                status, location = redirect.redirect(head)
+                self._start_local(flags.REDIRECT, "redirected", status, ((b"location", location),))
+                return
+            route.apply_request(head)
+            backend = route.pick_backend(listener.rand())
+            if backend is None:
+                self._start_local(
+                    _NO_BACKEND if _NO_BACKEND in flags.STATUS else flags.NO_ROUTE,
+                    f"route {route.rule.name!r} has no backend",
+                    500,
+                )
+                return
+            backend.apply_request(head)
+            cluster = tables.clusters[backend.cluster]
+            plan = tables.plans.get(id(route.rule))
+        else:
+            app = tables.app
+            if app is None:
+                self._start_local(flags.NO_HEALTHY_ENDPOINT, "this proxy has no local app")
+                return
+            cluster = app
+        exchange = Exchange(
+            self,
+            self.loop,
+            head,
+            body_length,
+            cluster,
+            plan,
+            route,
+            backend,
+            listener.settings.retry_buffer_bytes,
+        )
+        self.exchange = exchange
+        exchange.start()
+
+    def _start_local(
+        self,
+        flag: str,
+        message: str,
+        status: int | None = None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer a request the mesh cannot route; its body, if any, is read and dropped."""
+        self.exchange = _DISCARD
+        self.listener.none_stats.count(status or flags.STATUS[flag], 0.0)
+        self.send_local(flag, message, status, extra_headers)
+
+    # --- response side (Downstream, used by the exchange) --------------------------------------
+
+    def send_response_head(self, head: ResponseHead, body_length: int) -> None:
+        keep = self.keep_alive and not self.listener.dataplane.draining
+        if body_length == BODY_UNTIL_EOF:
+            if self.http10:
+                keep = False
+            else:
+                body_length = BODY_CHUNKED
+        elif body_length == BODY_CHUNKED and self.http10:
+            body_length = BODY_UNTIL_EOF
+            keep = False
+        self.out_chunked = body_length == BODY_CHUNKED
+        self.keep_alive = keep
+        if self.transport is not None:
+            self.transport.write(serialize_response_head(head, body_length, keep))
+
+    def send_response_body(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or not data:
+            return
+        if self.out_chunked:
+            transport.writelines((chunk_prefix(len(data)), data, CRLF))
+        else:
+            transport.write(data)
+
+    def send_response_end(self) -> None:
+        if self.out_chunked and self.transport is not None:
+            self.transport.write(LAST_CHUNK)
+        self.resp_done = True
+        if self.req_done:
+            self._cycle_done()
+        elif not self.keep_alive:
+            self._close()
+
+    def send_local(
+        self,
+        flag: str,
+        message: str,
+        status: int | None = None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        close: bool = False,
+    ) -> None:
+        keep = self.keep_alive and not close and not self.listener.dataplane.draining
+        self.keep_alive = keep
+        self.listener.stats.local_child(flag).inc()
+        data = flags.local_response(
+            flag,
+            message,
+            self.request_id,
+            keep_alive=keep,
+            extra_headers=extra_headers,
+            status=status,
+        )
+        if self.transport is not None:
+            self.transport.write(data)
+        self.resp_done = True
+        if self.req_done:
+            self._cycle_done()
+        elif not keep:
+            self._close()
+
+    def abort_response(self) -> None:
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.read_paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self.read_paused & reason:
+            self.read_paused &= ~reason
+            if not self.read_paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # --- between requests ----------------------------------------------------------------------
+
+    def _cycle_done(self) -> None:
+        self.exchange = None
+        if not self.keep_alive:
+            self._close()
+            return
+        self.idle_since = self.loop.time()
+        self.listener.on_request_done(self)
+        if self.backlog is not None:
+            self.loop.call_soon(self._replay)
+
+    def _replay(self) -> None:
+        """Run the pipelined requests that waited, until one is in flight again."""
+        backlog = self.backlog
+        self.backlog = None
+        if backlog is None or self.closed:
+            return
+        for i, (kind, item, body_length, keep_alive) in enumerate(backlog):
+            if kind == 0:
+                if self.exchange is not None:
+                    self.backlog = backlog[i:]
+                    return
+                assert isinstance(item, RequestHead)
+                try:
+                    self._start(item, body_length, keep_alive)
+                except Exception:
+                    log.exception("unexpected error starting a pipelined request")
+                    self._internal_error()
+                    return
+            elif kind == 1:
+                assert isinstance(item, bytes)
+                self.on_request_body(item)
+            else:
+                self.on_request_end()
+            if self.closed:
+                return
+        self.resume_reading(READ_PIPELINE)
+        if self.parser.head_pending and self.exchange is None:
+            self.head_started = self.loop.time()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        listener = self.listener
+        now = self.loop.time()
+        period = listener.timer_period
+        if self.exchange is not None or self.backlog is not None:
+            deadline = now + period  # a request is in flight: its own timeouts apply
+        elif self.head_started:
+            deadline = self.head_started + listener.settings.header_timeout
+        else:
+            deadline = self.idle_since + listener.settings.downstream_idle_timeout
+        if now >= deadline:
+            # A client that stalls mid-head (slowloris) or idles too long is cut off.
+            self._close()
+            return
+        self.timer = self.loop.call_later(min(deadline - now, period), self._on_timer)
+
+    def close_if_idle(self) -> bool:
+        """Close now if no request is under way (used by drain)."""
+        if self.exchange is None and self.backlog is None and not self.parser.in_message:
+            self._close()
+            return True
+        return False
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange is not _DISCARD and exchange.response_started:
+            self.abort_response()
+            return
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_downstream_lost()
+        flag = flags.HEADERS_TOO_LARGE if exc.status == 431 else flags.BAD_REQUEST
+        self.listener.none_stats.count(exc.status, 0.0)
+        self.req_done = True
+        self.backlog = None
+        self.send_local(flag, exc.reason, exc.status, close=True)
+
+    def _internal_error(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.on_downstream_lost()
+            if exchange.response_started:
+                self.abort_response()
+                return
+        self.req_done = True
+        self.backlog = None
+        self.send_local(_INTERNAL_FLAG, "internal error in the proxy", 500, close=True)
+
+
+class _Discard:
+    """Stands in for an exchange while a locally answered request's body is read and dropped."""
+
+    response_started = False
+
+    def on_request_body(self, data: bytes) -> None:
+        pass
+
+    def on_request_end(self) -> None:
+        pass
+
+    def on_downstream_lost(self) -> None:
+        pass
+
+    def on_downstream_pause_writing(self) -> None:
+        pass
+
+    def on_downstream_resume_writing(self) -> None:
+        pass
+
+
+_DISCARD: Exchange = _Discard()  # type: ignore[assignment]
+
+
+def _text(value: bytes) -> str:
+    return value[:200].decode("latin-1")

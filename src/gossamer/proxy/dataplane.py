@@ -1,0 +1,258 @@
+"""The sidecar's data plane: listeners, compiled route and cluster tables, snapshot swaps, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from gossamer import snapshot as snap
+from gossamer.proxy.cluster import ClusterRuntime
+from gossamer.proxy.connection import DownstreamConnection
+from gossamer.proxy.exchange import RulePlan
+from gossamer.proxy.router import RouteCompileError, RouteTable
+from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
+from gossamer.snapshot import Snapshot
+from gossamer.telemetry.metrics import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Everything the data plane needs that does not come from the Snapshot.
+
+    Addresses are "host:port" strings; port 0 lets the OS choose (`DataPlane.start()` returns what
+    was really bound). Durations are seconds on the event loop's clock.
+    """
+
+    inbound: str = "127.0.0.1:0"
+    outbound: str = "127.0.0.1:0"
+    max_header_bytes: int = 65536
+    header_timeout: float = 10.0  # a client must send a whole request head within this
+    downstream_idle_timeout: float = 300.0  # keep-alive client connection with no request
+    retry_buffer_bytes: int = 65536  # request bodies up to this are buffered and retriable
+    default_host: str | None = None  # route unmatched hosts as if they named this service
+    drain_timeout: float = 5.0
+    backlog: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddresses:
+    """The "host:port" each listener really bound."""
+
+    inbound: str
+    outbound: str
+
+
+class SnapshotError(Exception):
+    """A Snapshot the data plane cannot apply; `reason` is one line for the NACK."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Tables:
+    """Everything compiled from one Snapshot; swapped as a whole by `DataPlane.apply`."""
+
+    __slots__ = ("app", "clusters", "plans", "routes", "snapshot")
+
+    def __init__(
+        self,
+        snapshot: Snapshot | None,
+        routes: RouteTable,
+        clusters: dict[str, ClusterRuntime],
+        plans: dict[int, RulePlan],
+        app: ClusterRuntime | None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.routes = routes
+        self.clusters = clusters
+        self.plans = plans  # by id() of the Snapshot's RouteRule objects, kept alive by `snapshot`
+        self.app = app
+
+
+class Listener:
+    """One listening socket (inbound or outbound) and its open connections."""
+
+    def __init__(self, dataplane: DataPlane, direction: str) -> None:
+        self.dataplane = dataplane
+        self.loop = dataplane.loop
+        self.settings = dataplane.settings
+        self.direction = direction
+        self.outbound = direction == "outbound"
+        self.stats = ListenerStats(dataplane.metrics, direction)
+        self.none_stats = ClusterStats(dataplane.metrics, direction, "")
+        self.connections: set[DownstreamConnection] = set()
+        self.rand = dataplane.rand.random
+        s = self.settings
+        self.timer_period = max(0.001, min(s.header_timeout, s.downstream_idle_timeout))
+        self.server: asyncio.AbstractServer | None = None
+
+    def protocol(self) -> DownstreamConnection:
+        return DownstreamConnection(self)
+
+    def on_request_done(self, conn: DownstreamConnection) -> None:
+        if self.dataplane.draining:
+            conn.close_if_idle()
+
+    def on_connection_closed(self) -> None:
+        dp = self.dataplane
+        drained = dp.drained
+        if drained is not None and not drained.done() and dp.open_connections() == 0:
+            drained.set_result(None)
+
+
+class DataPlane:
+    """The sidecar's listeners and compiled tables (see docs/internals.md, "Data plane seams")."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, settings: ProxySettings, metrics: Registry
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.metrics = DataPlaneMetrics(metrics)
+        self.rand = random.Random()
+        self.draining = False
+        self.drained: asyncio.Future[None] | None = None
+        self.tables = Tables(None, RouteTable(), {}, {}, None)
+        self.inbound = Listener(self, "inbound")
+        self.outbound = Listener(self, "outbound")
+
+    async def start(self) -> BoundAddresses:
+        """Bind both listeners; returns the addresses really bound.
+
+        Raises:
+            OSError: a listener cannot bind (the message names which and where).
+        """
+        addresses = []
+        for listener, address in (
+            (self.inbound, self.settings.inbound),
+            (self.outbound, self.settings.outbound),
+        ):
+            host, port = split_address(address)
+            try:
+                server = await self.loop.create_server(
+                    listener.protocol, host, port, backlog=self.settings.backlog, reuse_address=True
+                )
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"cannot bind the {listener.direction} listener on {address}: {exc.strerror}",
+                ) from None
+            listener.server = server
+            sock = server.sockets[0].getsockname()
+            addresses.append(f"[{sock[0]}]:{sock[1]}" if ":" in sock[0] else f"{sock[0]}:{sock[1]}")
+        return BoundAddresses(inbound=addresses[0], outbound=addresses[1])
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Compile `snapshot` and swap it in; on any problem raise SnapshotError, keep the old."""
+        try:
+            routes = RouteTable.compile(snapshot, self.settings.default_host)
+        except RouteCompileError as exc:
+            raise SnapshotError(exc.reason) from None
+        plans: dict[int, RulePlan] = {}
+        for vh in snapshot.virtual_hosts:
+            for rule in vh.rules:
+                try:
+                    plans[id(rule)] = RulePlan(rule)
+                except ValueError as exc:
+                    raise SnapshotError(
+                        f"virtual host {vh.name!r}, rule {rule.name!r}: retry policy: {exc}"
+                    ) from None
+        specs: dict[str, snap.Cluster] = {}
+        for spec in snapshot.clusters:
+            if spec.name in specs:
+                raise SnapshotError(f"cluster {spec.name!r} appears twice")
+            specs[spec.name] = spec
+            try:
+                ClusterRuntime.check(spec, self.loop)
+            except ValueError as exc:
+                raise SnapshotError(f"cluster {spec.name!r}: {exc}") from None
+        app_spec = self._app_cluster(snapshot)
+        if app_spec is not None:
+            try:
+                ClusterRuntime.check(app_spec, self.loop)
+            except ValueError as exc:
+                raise SnapshotError(f"inbound listener: {exc}") from None
+        # Everything is checked: build and swap. Runtimes of persisting clusters are updated in
+        # place, so their pools and endpoint state carry over.
+        old = self.tables
+        clusters: dict[str, ClusterRuntime] = {}
+        for name, spec in specs.items():
+            runtime = old.clusters.get(name)
+            if runtime is None:
+                runtime = ClusterRuntime(
+                    self.loop, spec, self.metrics, "outbound", self.settings.max_header_bytes
+                )
+            else:
+                runtime.update(spec)
+            clusters[name] = runtime
+        app = old.app
+        if app_spec is None:
+            if app is not None:
+                app.close()
+            app = None
+        elif app is None or app.name != app_spec.name:
+            if app is not None:
+                app.close()
+            app = ClusterRuntime(
+                self.loop, app_spec, self.metrics, "inbound", self.settings.max_header_bytes
+            )
+        else:
+            app.update(app_spec)
+        self.tables = Tables(snapshot, routes, clusters, plans, app)
+        for name, runtime in old.clusters.items():
+            if name not in clusters:
+                runtime.close()
+
+    @staticmethod
+    def _app_cluster(snapshot: Snapshot) -> snap.Cluster | None:
+        inbound = snapshot.listeners.inbound
+        if inbound is None:
+            return None
+        if inbound.protocol != "http":
+            raise SnapshotError(f"inbound listener: protocol {inbound.protocol!r} is not supported")
+        host = f"[{inbound.app_host}]" if ":" in inbound.app_host else inbound.app_host
+        return snap.Cluster(
+            name=f"inbound|{inbound.app_port}",
+            service=snapshot.proxy.service,
+            namespace=snapshot.proxy.namespace,
+            endpoints=[snap.Endpoint(address=f"{host}:{inbound.app_port}")],
+        )
+
+    def open_connections(self) -> int:
+        return len(self.inbound.connections) + len(self.outbound.connections)
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the documented interface)
+        """Stop accepting, let requests in flight finish (answered with `connection: close`),
+        close idle connections, and after `timeout` seconds close whatever is left."""
+        self.draining = True
+        self.drained = self.loop.create_future()
+        for listener in (self.inbound, self.outbound):
+            if listener.server is not None:
+                listener.server.close()
+            for conn in list(listener.connections):
+                conn.close_if_idle()
+        if self.open_connections() and not self.drained.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.drained), timeout)
+            except TimeoutError:
+                for listener in (self.inbound, self.outbound):
+                    for conn in list(listener.connections):
+                        if conn.transport is not None:
+                            conn.transport.abort()
+        for runtime in self.tables.clusters.values():
+            runtime.close()
+        if self.tables.app is not None:
+            self.tables.app.close()
+        for listener in (self.inbound, self.outbound):
+            if listener.server is not None:
+                await listener.server.wait_closed()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Parse "host:port" ("[::1]:port" for IPv6); ValueError names the address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listener address {address!r} is not host:port")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,484 @@
+"""One request's trip through a cluster: tries, retries, per-try and request timeouts, body replay.
+
+An `Exchange` sits between the downstream connection that received the request and the upstream
+connection carrying the current try. It is callback-driven (no task per request): the downstream
+side calls `on_request_body` / `on_request_end`, the upstream side `on_response_*` and
+`on_upstream_failure`, the pool `on_connection` / `on_connect_failure`, and timers fire on the
+loop's clock.
+
+Retries: a try that fails before the response head went downstream (connect failure, reset,
+timeout, or a status the rule's retryOn names) is retried on another endpoint when the rule allows
+another attempt, the body was small enough to keep (`retry_buffer_bytes`) and the cluster's retry
+budget has a token; after `backoff()` with full jitter. A connection taken from the pool that turns
+out to be dead (closed by the peer before any response byte) is retried once at once, off budget:
+the request never reached the upstream. Timeouts cover a try until its response head arrives, so a
+long streamed body is not cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from gossamer import snapshot as snap
+from gossamer.http.http1 import (
+    BODY_CHUNKED,
+    CRLF,
+    LAST_CHUNK,
+    chunk_prefix,
+    serialize_request_head,
+)
+from gossamer.http.message import RequestHead, ResponseHead
+from gossamer.proxy import flags
+from gossamer.proxy.cluster import ClusterRuntime, Overflow
+from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
+
+if TYPE_CHECKING:
+    from gossamer.proxy.router import Backend, RouteMatch
+    from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
+
+_FAILURE_FLAGS = {
+    CONNECT_FAILURE: flags.CONNECT_FAILURE,
+    RESET: flags.UPSTREAM_RESET,
+    TIMEOUT: flags.TIMEOUT,
+}
+_BUDGET_HEADER = (b"x-gossamer-flags", flags.RETRY_BUDGET_EXHAUSTED.encode())
+
+
+class RulePlan:
+    """A route rule's retry and timeout settings, compiled once per Snapshot."""
+
+    __slots__ = (
+        "attempts",
+        "backoff_base",
+        "backoff_max",
+        "per_try_timeout",
+        "request_timeout",
+        "retry_on",
+    )
+
+    def __init__(self, rule: snap.RouteRule) -> None:
+        """Raises ValueError for a retry policy that cannot be applied."""
+        policy = rule.retry
+        self.retry_on = RetryOn(policy) if policy is not None and policy.retry_on else None
+        self.attempts = max(0, policy.attempts) if policy is not None else 0
+        self.backoff_base = policy.backoff.base_interval if policy is not None else 0.025
+        self.backoff_max = policy.backoff.max_interval if policy is not None else 0.25
+        per_try = policy.per_try_timeout if policy is not None else None
+        if per_try is None:
+            per_try = rule.timeouts.backend_request
+        self.per_try_timeout = per_try if per_try and per_try > 0 else None
+        request = rule.timeouts.request
+        self.request_timeout = request if request and request > 0 else None
+
+
+class Downstream(Protocol):
+    """What an exchange needs from the connection that received its request."""
+
+    request_id: bytes
+    write_paused: bool
+
+    def send_response_head(self, head: ResponseHead, body_length: int) -> None: ...
+    def send_response_body(self, data: bytes) -> None: ...
+    def send_response_end(self) -> None: ...
+    def send_local(
+        self,
+        flag: str,
+        message: str,
+        status: int | None = None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None: ...
+    def abort_response(self) -> None: ...
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+
+
+READ_UPSTREAM_FULL = 2  # the upstream's write buffer is over its high-water mark
+READ_BUFFER_FULL = 4  # no upstream yet and the body buffer is full
+
+
+class Exchange:
+    """One proxied request; see the module docstring."""
+
+    __slots__ = (
+        "attempt_started",
+        "awaiting",
+        "backend",
+        "body",
+        "body_length",
+        "body_size",
+        "budget_exhausted",
+        "buffer_limit",
+        "cluster",
+        "deadline_timer",
+        "down",
+        "finished",
+        "free_retry_used",
+        "head",
+        "head_bytes",
+        "loop",
+        "plan",
+        "pool",
+        "request_done",
+        "response_started",
+        "retriable",
+        "retries",
+        "reused",
+        "route",
+        "started",
+        "status",
+        "timer",
+        "tried",
+        "upstream",
+        "upstream_read_paused",
+        "waiting_pool",
+    )
+
+    def __init__(
+        self,
+        down: Downstream,
+        loop: asyncio.AbstractEventLoop,
+        head: RequestHead,
+        body_length: int,
+        cluster: ClusterRuntime,
+        plan: RulePlan | None,
+        route: RouteMatch | None,
+        backend: Backend | None,
+        buffer_limit: int,
+    ) -> None:
+        self.down = down
+        self.loop = loop
+        self.head = head
+        self.body_length = body_length
+        self.cluster = cluster
+        self.plan = plan
+        self.route = route
+        self.backend = backend
+        self.buffer_limit = buffer_limit
+        self.started = loop.time()
+        self.attempt_started = 0.0
+        self.request_done = body_length == 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        # A body larger than the buffer cannot be replayed; Content-Length tells us up front.
+        self.retriable = body_length <= buffer_limit
+        self.upstream: UpstreamConnection | None = None
+        self.pool: EndpointPool | None = None
+        self.waiting_pool: EndpointPool | None = None  # set while queued in cluster.pending
+        self.awaiting = False  # a connection is being opened for the current try
+        self.tried: list[EndpointPool] = []
+        self.retries = 0
+        self.reused = False
+        self.free_retry_used = False
+        self.budget_exhausted = False
+        self.response_started = False
+        self.finished = False
+        self.status = 0
+        self.head_bytes = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.upstream_read_paused = False
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.cluster.budget.record_request()
+        plan = self.plan
+        if plan is not None and plan.request_timeout is not None:
+            self.deadline_timer = self.loop.call_later(plan.request_timeout, self._on_deadline)
+        self.head_bytes = serialize_request_head(self.head, self.body_length)
+        self._try()
+
+    def _try(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        cluster = self.cluster
+        pool = cluster.pick(self.head, self.tried)
+        if pool is None:
+            self._local(
+                flags.NO_HEALTHY_ENDPOINT, f"cluster {cluster.name} has no healthy endpoint"
+            )
+            return
+        self.tried.append(pool)
+        self.pool = pool
+        plan = self.plan
+        if plan is not None and plan.per_try_timeout is not None:
+            self.timer = self.loop.call_later(plan.per_try_timeout, self._on_try_timeout)
+        try:
+            conn = cluster.acquire(self, pool)
+        except Overflow:
+            self._local(flags.OVERFLOW, f"cluster {cluster.name} has too many pending requests")
+            return
+        if conn is not None:
+            self._send(conn, True)
+        elif self.waiting_pool is None and self.upstream is None:
+            self.awaiting = True
+
+    def on_connection(self, conn: UpstreamConnection, reused: bool) -> None:
+        """The pool has a connection for this exchange (opened, or handed over by another)."""
+        wanted = not self.finished and self.upstream is None and conn.pool is self.pool
+        if not wanted or not (self.awaiting or reused):
+            conn.pool.release(conn)
+            return
+        self.awaiting = False
+        self._send(conn, reused)
+
+    def on_connect_failure(self, pool: EndpointPool, reason: str) -> None:
+        if self.finished or not self.awaiting or pool is not self.pool:
+            return
+        self.awaiting = False
+        self._fail_try(CONNECT_FAILURE, reason)
+
+    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.upstream = conn
+        self.reused = reused
+        conn.start(self, self.head.method)
+        assert self.pool is not None
+        self.pool.endpoint.on_start()
+        self.attempt_started = self.loop.time()
+        transport = conn.transport
+        assert transport is not None
+        body = self.body
+        if not body and not self.request_done:
+            conn.request_complete = False
+            transport.write(self.head_bytes)
+        elif not body:
+            conn.request_complete = True
+            transport.write(self.head_bytes)
+        else:
+            chunks = [self.head_bytes]
+            if self.body_length == BODY_CHUNKED:
+                for data in body:
+                    chunks += (chunk_prefix(len(data)), data, CRLF)
+                if self.request_done:
+                    chunks.append(LAST_CHUNK)
+            else:
+                chunks += body
+            conn.request_complete = self.request_done
+            transport.writelines(chunks)
+            if not self.retriable:
+                body.clear()
+        self.down.resume_reading(READ_BUFFER_FULL)
+        if self.down.write_paused:
+            self.upstream_read_paused = True
+            transport.pause_reading()
+
+    # --- request events (from the downstream connection) ------------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.finished or not data:
+            return
+        conn = self.upstream
+        if conn is None or self.retriable:
+            self.body.append(data)
+            self.body_size += len(data)
+            if self.body_size > self.buffer_limit:
+                self.retriable = False
+        if conn is not None:
+            transport = conn.transport
+            assert transport is not None
+            if self.body_length == BODY_CHUNKED:
+                transport.writelines((chunk_prefix(len(data)), data, CRLF))
+            else:
+                transport.write(data)
+            if not self.retriable and self.body:
+                self.body.clear()
+        elif self.body_size > self.buffer_limit:
+            self.down.pause_reading(READ_BUFFER_FULL)
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        conn = self.upstream
+        if conn is not None and not self.finished:
+            if self.body_length == BODY_CHUNKED:
+                assert conn.transport is not None
+                conn.transport.write(LAST_CHUNK)
+            conn.request_complete = True
+
+    def on_downstream_lost(self) -> None:
+        """The client went away: abandon the request and its upstream connection."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timers()
+        self._abandon_try()
+
+    def on_downstream_pause_writing(self) -> None:
+        conn = self.upstream
+        if conn is not None and conn.transport is not None and not self.upstream_read_paused:
+            self.upstream_read_paused = True
+            conn.transport.pause_reading()
+
+    def on_downstream_resume_writing(self) -> None:
+        conn = self.upstream
+        if conn is not None and conn.transport is not None and self.upstream_read_paused:
+            self.upstream_read_paused = False
+            conn.transport.resume_reading()
+
+    def on_upstream_pause_writing(self) -> None:
+        self.down.pause_reading(READ_UPSTREAM_FULL)
+
+    def on_upstream_resume_writing(self) -> None:
+        self.down.resume_reading(READ_UPSTREAM_FULL)
+
+    # --- response events (from the upstream connection) -------------------------------------------
+
+    def on_response_head(
+        self, conn: UpstreamConnection, head: ResponseHead, body_length: int
+    ) -> None:
+        if conn is not self.upstream or self.finished:
+            return
+        status = head.status
+        plan = self.plan
+        if (
+            plan is not None
+            and plan.retry_on is not None
+            and status in plan.retry_on.statuses
+            and self._retry(status)
+        ):
+            self.upstream = None
+            self._end_attempt(False)
+            conn.detach(discard=True)
+            self.down.resume_reading(READ_UPSTREAM_FULL)
+            return
+        self.response_started = True
+        self.status = status
+        self._cancel_timers()
+        if self.backend is not None:
+            self.backend.apply_response(head)
+        if self.route is not None:
+            self.route.apply_response(head)
+        if self.budget_exhausted:
+            head.headers.append(_BUDGET_HEADER)
+        self.down.send_response_head(head, body_length)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.down.send_response_body(data)
+
+    def on_response_end(self) -> None:
+        conn = self.upstream
+        self.upstream = None
+        self.finished = True
+        self._end_attempt(self.status < 500)
+        if self.upstream_read_paused and conn is not None and conn.transport is not None:
+            self.upstream_read_paused = False
+            conn.transport.resume_reading()
+        self.down.resume_reading(READ_UPSTREAM_FULL)
+        self.cluster.stats.count(self.status, self.loop.time() - self.started)
+        self.down.send_response_end()
+
+    def on_upstream_failure(self, conn: UpstreamConnection, outcome: str, reason: str) -> None:
+        if conn is not self.upstream or self.finished:
+            return
+        self.upstream = None
+        self._end_attempt(False)
+        self.down.resume_reading(READ_UPSTREAM_FULL)
+        if self.response_started:
+            # Part of the response went out: the client can only learn of it by a cut connection.
+            self.finished = True
+            self._cancel_timers()
+            self.cluster.stats.count(502, self.loop.time() - self.started)
+            self.down.abort_response()
+            return
+        if (
+            outcome == RESET
+            and self.reused
+            and not conn.got_response_bytes
+            and not self.free_retry_used
+            and self.retriable
+        ):
+            # A pooled connection the peer had closed: the request never got there.
+            self.free_retry_used = True
+            self.tried.pop()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self._try()
+            return
+        self._fail_try(outcome, reason)
+
+    # --- failures, retries, timeouts --------------------------------------------------------------
+
+    def _fail_try(self, outcome: str, reason: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self._retry(outcome):
+            return
+        if self.budget_exhausted:
+            self._local(flags.RETRY_BUDGET_EXHAUSTED, f"{reason}; retry budget exhausted")
+        else:
+            self._local(_FAILURE_FLAGS[outcome], reason)
+
+    def _retry(self, outcome: int | str) -> bool:
+        """Schedule another try if the rule, the body and the budget allow it."""
+        plan = self.plan
+        if (
+            plan is None
+            or plan.retry_on is None
+            or self.retries >= plan.attempts
+            or not self.retriable
+            or self.response_started
+            or not plan.retry_on.should_retry(outcome)
+        ):
+            return False
+        cluster = self.cluster
+        if not cluster.budget.try_acquire_retry():
+            self.budget_exhausted = True
+            return False
+        self.retries += 1
+        cluster.stats.retries.inc()
+        if self.timer is not None:
+            self.timer.cancel()
+        delay = backoff(self.retries, plan.backoff_base, plan.backoff_max, cluster.rand)
+        self.timer = self.loop.call_later(delay, self._try)
+        return True
+
+    def _on_try_timeout(self) -> None:
+        self.timer = None
+        if self.finished or self.response_started:
+            return
+        address = self.pool.endpoint.address if self.pool is not None else "?"
+        self._abandon_try()
+        self._fail_try(TIMEOUT, f"no response from {address} within the per-try timeout")
+
+    def _on_deadline(self) -> None:
+        self.deadline_timer = None
+        if self.finished or self.response_started:
+            return
+        self._abandon_try()
+        self._local(flags.TIMEOUT, "no response within the request timeout")
+
+    def _abandon_try(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            self._end_attempt(False)
+            conn.abort()
+        if self.waiting_pool is not None:
+            self.waiting_pool = None
+            self.cluster.cancel_pending(self)
+        self.awaiting = False
+
+    def _end_attempt(self, ok: bool) -> None:
+        pool = self.pool
+        if pool is not None and self.attempt_started:
+            pool.endpoint.on_complete(self.loop.time() - self.attempt_started, ok)
+            self.attempt_started = 0.0
+
+    def _cancel_timers(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+
+    def _local(self, flag: str, message: str) -> None:
+        self.finished = True
+        self._cancel_timers()
+        self._abandon_try()
+        self.down.resume_reading(READ_BUFFER_FULL | READ_UPSTREAM_FULL)
+        self.cluster.stats.count(flags.STATUS[flag], self.loop.time() - self.started)
+        self.down.send_local(flag, message)

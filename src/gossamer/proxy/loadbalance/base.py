@@ -1,0 +1,274 @@
+"""The load balancer protocol and the endpoint state shared by balancers, pools and outlier logic.
+
+An `EndpointState` lives as long as its endpoint stays in the cluster: `reconcile()` carries it over
+from one Snapshot to the next (by address) so active request counts and latency estimates survive
+membership changes. Balancers read `healthy` and `ejected` on every pick, so the data plane may flip
+them at any time (health from the control plane, ejection by outlier detection) without calling
+`update()`; they never return an endpoint that is unhealthy, ejected or of weight 0.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gossamer import snapshot as snap
+
+Clock = Callable[[], float]
+"""Monotonic seconds, e.g. `loop.time`."""
+
+DEFAULT_RTT = 0.030
+"""The latency estimate of an endpoint before its first response (Linkerd's default)."""
+
+EWMA_DECAY = 10.0
+"""Seconds over which an old latency observation loses 1/e of its weight (Finagle, Linkerd)."""
+
+_TRIES = 4  # random draws before falling back to a scan for an available endpoint
+
+
+class EndpointState:
+    """One endpoint of a cluster with its live counters.
+
+    Attributes:
+        address: "host:port" as in the Snapshot; host and port split from it.
+        weight: relative share (balancers skip weight <= 0).
+        healthy: from the Snapshot (control plane health).
+        ejected: set by outlier detection; an ejected endpoint is not picked.
+        zone, labels, proxy_id: locality and identity from the Snapshot.
+        active_requests: requests in flight (on_start / on_complete).
+        ewma_latency: peak-EWMA latency estimate in seconds, as of `ewma_stamp`.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_decay",
+        "active_requests",
+        "address",
+        "ejected",
+        "ewma_latency",
+        "ewma_stamp",
+        "healthy",
+        "host",
+        "labels",
+        "port",
+        "proxy_id",
+        "weight",
+        "zone",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        clock: Clock,
+        weight: int = 1,
+        healthy: bool = True,
+        zone: str | None = None,
+        labels: dict[str, str] | None = None,
+        proxy_id: str | None = None,
+        initial_latency: float = DEFAULT_RTT,
+        decay: float = EWMA_DECAY,
+    ) -> None:
+        """Raises ValueError when `address` is not "host:port" with a port in 1-65535."""
+        self.address = address
+        self.host, self.port = split_address(address)
+        self.weight = weight
+        self.healthy = healthy
+        self.ejected = False
+        self.zone = zone
+        self.labels = labels if labels is not None else {}
+        self.proxy_id = proxy_id
+        self.active_requests = 0
+        self._clock = clock
+        self._decay = decay
+        self.ewma_latency = initial_latency
+        self.ewma_stamp = clock()
+
+    @classmethod
+    def from_endpoint(cls, endpoint: snap.Endpoint, clock: Clock) -> EndpointState:
+        return cls(
+            endpoint.address,
+            clock=clock,
+            weight=endpoint.weight,
+            healthy=endpoint.healthy,
+            zone=endpoint.zone,
+            labels=dict(endpoint.labels),
+            proxy_id=endpoint.proxy_id,
+        )
+
+    @property
+    def available(self) -> bool:
+        """Whether a balancer may pick it: healthy, not ejected, weight above 0."""
+        return self.healthy and not self.ejected and self.weight > 0
+
+    def on_start(self) -> None:
+        """A request to this endpoint starts."""
+        self.active_requests += 1
+
+    def on_complete(self, latency: float, ok: bool) -> None:
+        """A request finished after `latency` seconds (`ok` False: it failed).
+
+        Peak EWMA: a latency above the estimate replaces it at once; a lower one is blended in
+        with a weight that grows with the time since the last observation.
+        """
+        if self.active_requests > 0:
+            self.active_requests -= 1
+        now = self._clock()
+        if latency > self.ewma_latency:
+            self.ewma_latency = latency
+        else:
+            elapsed = now - self.ewma_stamp
+            w = math.exp(-elapsed / self._decay) if elapsed > 0 else 1.0
+            self.ewma_latency = self.ewma_latency * w + latency * (1.0 - w)
+        self.ewma_stamp = now
+
+    def decayed_latency(self, now: float) -> float:
+        """The estimate decayed towards 0 for the time without observations, so an endpoint that
+        was slow once gets tried again (Linkerd's PeakEwma)."""
+        elapsed = now - self.ewma_stamp
+        if elapsed <= 0:
+            return self.ewma_latency
+        return self.ewma_latency * math.exp(-elapsed / self._decay)
+
+    def __repr__(self) -> str:
+        flags = "" if self.healthy else " unhealthy"
+        flags += " ejected" if self.ejected else ""
+        return (
+            f"EndpointState({self.address!r}, weight={self.weight}, "
+            f"active={self.active_requests}{flags})"
+        )
+
+
+class LoadBalancer(Protocol):
+    def update(self, endpoints: Sequence[EndpointState]) -> None:
+        """Membership or weights changed: take the new list (health is read on every pick)."""
+        ...
+
+    def pick(self, hash_key: bytes | None = None) -> EndpointState | None:
+        """An available endpoint, or None when there is none (answer no-healthy-endpoint)."""
+        ...
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split "host:port" ("[::1]:port" for IPv6) into host and port.
+
+    Raises:
+        ValueError: no port, or a port that is not a number in 1-65535.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"endpoint address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def reconcile(
+    current: Sequence[EndpointState], endpoints: Sequence[snap.Endpoint], clock: Clock
+) -> list[EndpointState]:
+    """The states for a cluster's new endpoint list, reusing the current ones by address.
+
+    A kept state gets the new weight, health, zone, labels and proxy id and keeps its counters and
+    ejection; new addresses get fresh states; duplicate addresses count once (the first).
+
+    Raises:
+        ValueError: an address that is not host:port.
+    """
+    by_address = {s.address: s for s in current}
+    out: list[EndpointState] = []
+    seen: set[str] = set()
+    for ep in endpoints:
+        if ep.address in seen:
+            continue
+        seen.add(ep.address)
+        state = by_address.get(ep.address)
+        if state is None:
+            state = EndpointState.from_endpoint(ep, clock)
+        else:
+            state.weight = ep.weight
+            state.healthy = ep.healthy
+            state.zone = ep.zone
+            state.labels = dict(ep.labels)
+            state.proxy_id = ep.proxy_id
+        out.append(state)
+    return out
+
+
+class Sampler:
+    """Draws available endpoints at random in proportion to weight, two distinct ones for P2C.
+
+    Draws are rejection-sampled from the whole list (cheap while most endpoints are available)
+    and fall back to scanning for available ones after a few misses.
+    """
+
+    __slots__ = ("_cumulative", "_rand", "_total", "endpoints")
+
+    def __init__(self, rand: Callable[[], float]) -> None:
+        self._rand = rand
+        self.endpoints: list[EndpointState] = []
+        self._cumulative: list[int] | None = None
+        self._total = 0
+
+    def update(self, endpoints: Sequence[EndpointState]) -> None:
+        eps = [e for e in endpoints if e.weight > 0]
+        self.endpoints = eps
+        weights = {e.weight for e in eps}
+        if len(weights) > 1:
+            cumulative = []
+            total = 0
+            for e in eps:
+                total += e.weight
+                cumulative.append(total)
+            self._cumulative, self._total = cumulative, total
+        else:
+            self._cumulative, self._total = None, len(eps)
+
+    def _draw(self) -> EndpointState:
+        cumulative = self._cumulative
+        if cumulative is None:
+            return self.endpoints[int(self._rand() * self._total)]
+        i = bisect_right(cumulative, self._rand() * self._total)
+        return self.endpoints[i if i < len(cumulative) else -1]
+
+    def _draw_from(self, candidates: list[EndpointState]) -> EndpointState:
+        if self._cumulative is None:
+            return candidates[int(self._rand() * len(candidates))]
+        total = sum(e.weight for e in candidates)
+        x = self._rand() * total
+        for e in candidates:
+            x -= e.weight
+            if x < 0:
+                return e
+        return candidates[-1]
+
+    def one(self) -> EndpointState | None:
+        """One available endpoint, weighted; None when there is none."""
+        if not self.endpoints:
+            return None
+        e = self._draw()
+        if e.healthy and not e.ejected:
+            return e
+        for _ in range(_TRIES):
+            e = self._draw()
+            if e.healthy and not e.ejected:
+                return e
+        candidates = [e for e in self.endpoints if e.healthy and not e.ejected]
+        return self._draw_from(candidates) if candidates else None
+
+    def two(self) -> tuple[EndpointState | None, EndpointState | None]:
+        """Two distinct available endpoints, weighted; (a, None) when only one, (None, None)
+        when none."""
+        a = self.one()
+        if a is None or len(self.endpoints) == 1:
+            return a, None
+        b = self._draw()
+        if b is not a and b.healthy and not b.ejected:
+            return a, b
+        for _ in range(_TRIES):
+            b = self._draw()
+            if b is not a and b.healthy and not b.ejected:
+                return a, b
+        candidates = [e for e in self.endpoints if e is not a and e.healthy and not e.ejected]
+        return a, (self._draw_from(candidates) if candidates else None)

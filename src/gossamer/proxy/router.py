@@ -1,0 +1,532 @@
+"""The route table: finds a request's virtual host and rule, and picks its weighted backend.
+
+Pure and I/O-free. `RouteTable.compile(snapshot)` does all the work once per Snapshot (regexes,
+encoded byte strings, host dictionaries, filters, cumulative weight tables) and raises
+`RouteCompileError` for anything it cannot apply, so the proxy can NACK and keep the old table.
+Per request, `table.match(head)` is a dict lookup plus a few byte comparisons and returns a
+`RouteMatch` built at compile time (no allocation on the usual path).
+
+How the data plane uses it::
+
+    route = table.match(head)
+    if route is None:                       -> local response flag "no-route" (404)
+    if route.redirect is not None:          -> status, location = route.redirect.redirect(head)
+    route.apply_request(head)               # rule-level request filters
+    backend = route.pick_backend(rand.random())
+    if backend is None:                     -> local response flag NO_BACKEND (500)
+    backend.apply_request(head)             # backend-level request filters
+    ... send to cluster `backend.cluster`; on the response:
+    backend.apply_response(resp); route.apply_response(resp)
+
+Host lookup: the request's host (lower-cased; a trailing dot ignored) is looked up exactly among
+the domains, with its port if it has one; a domain of a virtual host whose `port` is None matches
+any port; a virtual host with a port matches "domain:port" (and the bare domain when the port is
+80). Then wildcard domains ("*.example.com", longest suffix first). Then the optional default host.
+When several virtual hosts claim the same domain, the first in the Snapshot wins.
+
+Matching inside a virtual host: rules in order, the first match wins; a rule's matches are OR-ed,
+the conditions of one match AND-ed; a rule without matches matches everything. Paths compare as
+received (percent-encoding untouched); PathPrefix is segment-aware ("/foo" matches "/foo",
+"/foo/", "/foo/bar" but not "/foobar"; a trailing "/" in the prefix is ignored); regexes must match
+the whole value. Header names are case-insensitive and the first value counts. Query parameters are
+parsed (and percent-decoded, "+" as space) only when a rule has a query condition, at most once per
+request; the first occurrence of a name counts.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import unquote_to_bytes
+
+from gossamer import snapshot as snap
+from gossamer.filters import headers as header_filter
+from gossamer.filters import redirect as redirect_filter
+from gossamer.filters import rewrite as rewrite_filter
+from gossamer.filters.redirect import RedirectFilter, split_authority
+from gossamer.filters.rewrite import encode_path, strip_prefix
+from gossamer.http.message import RequestHead, ResponseHead
+
+# The flag and status for a matched rule with no backend to send to (none listed, or every weight
+# 0): the Gateway API asks for a 500. It belongs in proxy/flags.py next to the other flags.
+NO_BACKEND = "no-backend"
+NO_BACKEND_STATUS = 500
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+_ANY, _EXACT, _PREFIX, _REGEX = 0, 1, 2, 3
+
+# (name, exact value or None, regex or None) for a header or query parameter condition.
+_ValueCond = tuple[bytes, bytes | None, "re.Pattern[bytes] | None"]
+
+
+class RouteCompileError(Exception):
+    """A Snapshot's routes cannot be compiled; `reason` names the virtual host and rule."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RequestFilter(Protocol):
+    def apply_request(self, head: RequestHead) -> None: ...
+
+
+class ResponseFilter(Protocol):
+    def apply_response(self, head: ResponseHead) -> None: ...
+
+
+class Backend:
+    """One weighted backend of a rule: the cluster to send to and its own compiled filters."""
+
+    __slots__ = ("cluster", "request_filters", "response_filters", "spec", "weight")
+
+    def __init__(
+        self,
+        spec: snap.WeightedCluster,
+        request_filters: tuple[RequestFilter, ...],
+        response_filters: tuple[ResponseFilter, ...],
+    ) -> None:
+        self.spec = spec
+        self.cluster: str = spec.cluster  # a Cluster.name in the Snapshot (checked at compile)
+        self.weight: int = spec.weight
+        self.request_filters = request_filters
+        self.response_filters = response_filters
+
+    def apply_request(self, head: RequestHead) -> None:
+        for f in self.request_filters:
+            f.apply_request(head)
+
+    def apply_response(self, head: ResponseHead) -> None:
+        for f in self.response_filters:
+            f.apply_response(head)
+
+    def __repr__(self) -> str:
+        return f"Backend({self.cluster!r}, weight={self.weight})"
+
+
+class RouteMatch:
+    """The result of `RouteTable.match`: one (rule, match) pair, compiled once.
+
+    Attributes:
+        virtual_host: the Snapshot's VirtualHost.
+        rule: the Snapshot's RouteRule (timeouts, retry policy, name).
+        match_index: which of the rule's matches held (0 for a rule without matches).
+        matched_prefix: the PathPrefix value that matched (b"/" for a match without a path), None
+            for Exact / RegularExpression paths.
+        redirect: a RequestRedirect to answer with locally, or None.
+        request_filters / response_filters: the rule's header modifiers and URL rewrite, in order.
+        backends: the backends with a weight above 0.
+    """
+
+    __slots__ = (
+        "_cumulative",
+        "_single",
+        "_total",
+        "backends",
+        "match_index",
+        "matched_prefix",
+        "redirect",
+        "request_filters",
+        "response_filters",
+        "rule",
+        "virtual_host",
+    )
+
+    def __init__(
+        self,
+        virtual_host: snap.VirtualHost,
+        rule: snap.RouteRule,
+        match_index: int,
+        matched_prefix: bytes | None,
+        redirect: RedirectFilter | None,
+        request_filters: tuple[RequestFilter, ...],
+        response_filters: tuple[ResponseFilter, ...],
+        backends: tuple[Backend, ...],
+    ) -> None:
+        self.virtual_host = virtual_host
+        self.rule = rule
+        self.match_index = match_index
+        self.matched_prefix = matched_prefix
+        self.redirect = redirect
+        self.request_filters = request_filters
+        self.response_filters = response_filters
+        self.backends = tuple(b for b in backends if b.weight > 0)
+        self._single = self.backends[0] if len(self.backends) == 1 else None
+        cumulative: list[int] = []
+        total = 0
+        for b in self.backends:
+            total += b.weight
+            cumulative.append(total)
+        self._cumulative = cumulative
+        self._total = total
+
+    @property
+    def has_backend(self) -> bool:
+        """False when the rule has no backend with weight > 0: answer with NO_BACKEND (500)."""
+        return bool(self.backends)
+
+    def pick_backend(self, rand: float) -> Backend | None:
+        """Choose a backend in proportion to the weights.
+
+        Args:
+            rand: a uniform float in [0, 1), e.g. `random.Random().random()`.
+
+        Returns:
+            The backend, or None when there is none with weight > 0 (answer NO_BACKEND, 500).
+        """
+        single = self._single
+        if single is not None:
+            return single
+        cumulative = self._cumulative
+        if not cumulative:
+            return None
+        i = bisect_right(cumulative, rand * self._total)
+        backends = self.backends
+        return backends[i] if i < len(backends) else backends[-1]
+
+    def apply_request(self, head: RequestHead) -> None:
+        """Run the rule's request filters (header modifiers, URL rewrite) on `head`."""
+        for f in self.request_filters:
+            f.apply_request(head)
+
+    def apply_response(self, head: ResponseHead) -> None:
+        """Run the rule's response header modifiers on `head`."""
+        for f in self.response_filters:
+            f.apply_response(head)
+
+    def __repr__(self) -> str:
+        return f"RouteMatch({self.virtual_host.name!r}, {self.rule.name!r}#{self.match_index})"
+
+
+class _Condition:
+    """One compiled snapshot.RouteMatch: all its conditions must hold."""
+
+    __slots__ = ("headers", "method", "path", "path_kind", "path_re", "path_slash", "query")
+
+    def __init__(self) -> None:
+        self.method: bytes | None = None
+        self.path_kind = _ANY
+        self.path = b""
+        self.path_slash = b""
+        self.path_re: re.Pattern[bytes] | None = None
+        self.headers: tuple[_ValueCond, ...] = ()
+        self.query: tuple[_ValueCond, ...] = ()
+
+
+class _VirtualHost:
+    __slots__ = ("entries", "spec")
+
+    def __init__(
+        self, spec: snap.VirtualHost, entries: tuple[tuple[_Condition | None, RouteMatch], ...]
+    ) -> None:
+        self.spec = spec
+        self.entries = entries
+
+
+def parse_query(query: bytes) -> dict[bytes, bytes]:
+    """Parse a query string into {name: first value}, percent-decoded with "+" as a space."""
+    out: dict[bytes, bytes] = {}
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        if b"%" in name or b"+" in name:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+        if b"%" in value or b"+" in value:
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        out.setdefault(name, value)
+    return out
+
+
+class RouteTable:
+    """The compiled routes of one Snapshot. Immutable once built; swap the whole table."""
+
+    __slots__ = ("_any_port", "_default", "_hosts", "_wildcards", "virtual_hosts")
+
+    def __init__(self) -> None:
+        self._hosts: dict[bytes, _VirtualHost] = {}
+        self._any_port: dict[bytes, _VirtualHost] = {}
+        self._wildcards: list[tuple[bytes, int | None, _VirtualHost]] = []
+        self._default: _VirtualHost | None = None
+        self.virtual_hosts: dict[str, snap.VirtualHost] = {}
+
+    @classmethod
+    def compile(cls, snapshot: snap.Snapshot, default_host: str | None = None) -> RouteTable:
+        """Compile a Snapshot's virtual hosts.
+
+        Args:
+            snapshot: the Snapshot; every backend must name one of its clusters.
+            default_host: a host (e.g. a service name) to route as when the request's host matches
+                no virtual host (`gossamer proxy --default-host`). When the Snapshot has no virtual
+                host for it, there is no fallback (such requests get no-route) until one does.
+
+        Raises:
+            RouteCompileError: a bad regex, path, method, header name, filter, weight or port, or
+                a backend naming a cluster the Snapshot does not have; the reason names the
+                virtual host and the rule.
+        """
+        table = cls()
+        clusters = {c.name for c in snapshot.clusters}
+        for vh in snapshot.virtual_hosts:
+            compiled = _compile_virtual_host(vh, clusters)
+            table.virtual_hosts.setdefault(vh.name, vh)
+            table._add_domains(compiled)
+        table._wildcards.sort(key=lambda w: -len(w[0]))
+        if default_host:
+            host = _encode_host(default_host.strip().lower(), "default host")
+            table._default = table._lookup(host)
+        return table
+
+    def _add_domains(self, vh: _VirtualHost) -> None:
+        port = vh.spec.port
+        if port is not None and not 1 <= port <= 65535:
+            raise RouteCompileError(f"virtual host {vh.spec.name!r}: port {port} is not in 1-65535")
+        for domain in vh.spec.domains:
+            d = domain.strip().lower().rstrip(".")
+            if not d or any(c in d for c in " \t\r\n/"):
+                raise RouteCompileError(f"virtual host {vh.spec.name!r}: invalid domain {domain!r}")
+            key = _encode_host(d, f"virtual host {vh.spec.name!r}")
+            name, own_port = split_authority(key)
+            if name.startswith(b"*."):
+                self._wildcards.append((name[1:], own_port or port, vh))
+            elif own_port is not None:
+                self._hosts.setdefault(key, vh)
+            elif port is None:
+                self._hosts.setdefault(key, vh)
+                self._any_port.setdefault(key, vh)
+            else:
+                self._hosts.setdefault(key + b":" + str(port).encode(), vh)
+                if port == 80:
+                    self._hosts.setdefault(key, vh)
+
+    def _lookup(self, host: bytes) -> _VirtualHost | None:
+        vh = self._hosts.get(host)
+        if vh is not None:
+            return vh
+        name, port = split_authority(host.lower())
+        name = name.rstrip(b".")
+        if port is not None:
+            vh = self._hosts.get(name + b":" + str(port).encode())
+            if vh is None:
+                vh = self._any_port.get(name)
+        else:
+            vh = self._hosts.get(name)
+        if vh is None and self._wildcards:
+            for suffix, wport, wvh in self._wildcards:
+                if (
+                    name.endswith(suffix)
+                    and len(name) > len(suffix)
+                    and (wport is None or wport == (port or 80))
+                ):
+                    return wvh
+        return vh
+
+    def match(self, head: RequestHead) -> RouteMatch | None:
+        """Find the route for a request, or None (answer no-route, 404)."""
+        vh = self._hosts.get(head.host)
+        if vh is None:
+            vh = self._lookup(head.host) or self._default
+            if vh is None:
+                return None
+        path = head.path
+        query: dict[bytes, bytes] | None = None
+        for cond, route in vh.entries:
+            if cond is None:
+                return route
+            if cond.method is not None and head.method != cond.method:
+                continue
+            kind = cond.path_kind
+            if kind == _PREFIX:
+                if path != cond.path and not path.startswith(cond.path_slash):
+                    continue
+            elif kind == _EXACT:
+                if path != cond.path:
+                    continue
+            elif kind == _REGEX:
+                assert cond.path_re is not None
+                if cond.path_re.fullmatch(path) is None:
+                    continue
+            if cond.headers and not _headers_match(cond.headers, head.headers):
+                continue
+            if cond.query:
+                if query is None:
+                    query = parse_query(head.query)
+                if not _query_match(cond.query, query):
+                    continue
+            return route
+        return None
+
+    def __repr__(self) -> str:
+        return f"RouteTable({len(self.virtual_hosts)} virtual hosts)"
+
+
+def _encode_host(host: str, where: str) -> bytes:
+    try:
+        return host.encode("ascii") if host.isascii() else host.encode("idna")
+    except UnicodeError:
+        raise RouteCompileError(f"{where}: invalid host {host!r}") from None
+
+
+def _headers_match(
+    conds: tuple[_ValueCond, ...],
+    headers: Sequence[tuple[bytes, bytes]],
+) -> bool:
+    for name, exact, regex in conds:
+        for k, v in headers:
+            if k == name:
+                value = v
+                break
+        else:
+            return False
+        if exact is not None:
+            if value != exact:
+                return False
+        elif regex is not None and regex.fullmatch(value) is None:
+            return False
+    return True
+
+
+def _query_match(
+    conds: tuple[_ValueCond, ...],
+    query: dict[bytes, bytes],
+) -> bool:
+    for name, exact, regex in conds:
+        value = query.get(name)
+        if value is None:
+            return False
+        if exact is not None:
+            if value != exact:
+                return False
+        elif regex is not None and regex.fullmatch(value) is None:
+            return False
+    return True
+
+
+def _regex(pattern: str, where: str) -> re.Pattern[bytes]:
+    try:
+        return re.compile(pattern.encode("utf-8"))
+    except re.error as e:
+        raise RouteCompileError(f"{where}: invalid regular expression {pattern!r}: {e}") from None
+
+
+def _compile_condition(m: snap.RouteMatch, where: str) -> tuple[_Condition, bytes | None]:
+    """Compile one match; also return its PathPrefix (b"/" without a path), None otherwise."""
+    cond = _Condition()
+    prefix: bytes | None = b"/"
+    if m.method is not None:
+        if not _METHOD.fullmatch(m.method):
+            raise RouteCompileError(f"{where}: invalid method {m.method!r}")
+        cond.method = m.method.encode("ascii")
+    if m.path is not None:
+        p = m.path
+        if p.type == "RegularExpression":
+            cond.path_kind = _REGEX
+            cond.path_re = _regex(p.value, f"{where}, path")
+            prefix = None
+        else:
+            try:
+                value = encode_path(p.value, f"{where}, path")
+            except ValueError as e:
+                raise RouteCompileError(str(e)) from None
+            if p.type == "Exact":
+                cond.path_kind = _EXACT
+                cond.path = value
+                prefix = None
+            else:
+                stripped = strip_prefix(value)
+                prefix = value
+                if stripped:
+                    cond.path_kind = _PREFIX
+                    cond.path = stripped
+                    cond.path_slash = stripped + b"/"
+    headers: list[_ValueCond] = []
+    for h in m.headers:
+        try:
+            name = header_filter.encode_name(h.name, f"{where}, header match")
+        except ValueError as e:
+            raise RouteCompileError(str(e)) from None
+        if h.type == "RegularExpression":
+            headers.append((name, None, _regex(h.value, f"{where}, header {h.name!r}")))
+        else:
+            headers.append((name, h.value.encode("utf-8"), None))
+    cond.headers = tuple(headers)
+    query: list[_ValueCond] = []
+    for q in m.query_params:
+        if not q.name:
+            raise RouteCompileError(f"{where}: query parameter match without a name")
+        name = q.name.encode("utf-8")
+        if q.type == "RegularExpression":
+            query.append((name, None, _regex(q.value, f"{where}, query parameter {q.name!r}")))
+        else:
+            query.append((name, q.value.encode("utf-8"), None))
+    cond.query = tuple(query)
+    return cond, prefix
+
+
+def _compile_filters(
+    filters: Sequence[snap.RouteFilter], prefix: bytes | None, where: str
+) -> tuple[RedirectFilter | None, tuple[RequestFilter, ...], tuple[ResponseFilter, ...]]:
+    redirect: RedirectFilter | None = None
+    rewrites = 0
+    request: list[RequestFilter] = []
+    response: list[ResponseFilter] = []
+    try:
+        for i, f in enumerate(filters):
+            fwhere = f"{where}, filter #{i} ({type(f).__name__.removesuffix('Filter')})"
+            if isinstance(f, snap.RequestHeaderModifierFilter):
+                request.append(header_filter.compile(f.request_header_modifier, fwhere))
+            elif isinstance(f, snap.ResponseHeaderModifierFilter):
+                response.append(header_filter.compile(f.response_header_modifier, fwhere))
+            elif isinstance(f, snap.RequestRedirectFilter):
+                if redirect is not None:
+                    raise ValueError(f"{fwhere}: only one RequestRedirect per rule")
+                redirect = redirect_filter.compile(f.request_redirect, prefix, fwhere)
+            else:
+                rewrites += 1
+                if rewrites > 1:
+                    raise ValueError(f"{fwhere}: only one URLRewrite per rule")
+                request.append(rewrite_filter.compile(f.url_rewrite, prefix, fwhere))
+    except ValueError as e:
+        raise RouteCompileError(str(e)) from None
+    if redirect is not None and rewrites:
+        raise RouteCompileError(f"{where}: RequestRedirect and URLRewrite cannot both be set")
+    return redirect, tuple(request), tuple(response)
+
+
+def _compile_backends(
+    rule: snap.RouteRule, prefix: bytes | None, clusters: set[str], where: str
+) -> tuple[Backend, ...]:
+    out = []
+    for i, wc in enumerate(rule.backends):
+        bwhere = f"{where}, backend #{i} ({wc.cluster!r})"
+        if wc.cluster not in clusters:
+            raise RouteCompileError(f"{bwhere}: cluster {wc.cluster!r} is not in the snapshot")
+        if wc.weight < 0:
+            raise RouteCompileError(f"{bwhere}: weight {wc.weight} is negative")
+        redirect, request, response = _compile_filters(wc.filters, prefix, bwhere)
+        if redirect is not None:
+            raise RouteCompileError(f"{bwhere}: RequestRedirect is not supported on a backend")
+        out.append(Backend(wc, request, response))
+    return tuple(out)
+
+
+def _compile_virtual_host(vh: snap.VirtualHost, clusters: set[str]) -> _VirtualHost:
+    entries: list[tuple[_Condition | None, RouteMatch]] = []
+    for ri, rule in enumerate(vh.rules):
+        where = f"virtual host {vh.name!r}, rule {rule.name or ri!r}"
+        conds: list[tuple[_Condition | None, bytes | None]] = []
+        if not rule.matches:
+            conds.append((None, b"/"))
+        for mi, m in enumerate(rule.matches):
+            cond, prefix = _compile_condition(m, f"{where}, match #{mi}")
+            is_any = cond.path_kind == _ANY and not (cond.method or cond.headers or cond.query)
+            conds.append((None if is_any else cond, prefix))
+        for mi, (entry_cond, prefix) in enumerate(conds):
+            redirect, request, response = _compile_filters(rule.filters, prefix, where)
+            backends = _compile_backends(rule, prefix, clusters, where)
+            route = RouteMatch(vh, rule, mi, prefix, redirect, request, response, backends)
+            entries.append((entry_cond, route))
+    return _VirtualHost(vh, tuple(entries))

@@ -1,0 +1,116 @@
+"""What `gossamer up` will run: replicas per Service and subset, and the published front doors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossamer.config.models import Resource, Service
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One workload process and the sidecar beside it."""
+
+    name: str  # e.g. "pricing-v2-0"; also the sidecar's proxy id
+    service: str
+    namespace: str
+    subset: str | None
+    index: int
+    labels: dict[str, str]
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    readiness_path: str | None
+
+    @property
+    def proxy_name(self) -> str:
+        return f"{self.name}.proxy"
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """A proxy of its own listening on 127.0.0.1:port in front of a service."""
+
+    service: str
+    namespace: str
+    port: int
+
+    @property
+    def proxy_id(self) -> str:
+        return f"{self.service}-publish"
+
+
+@dataclass(frozen=True)
+class Plan:
+    resources: list[dict[str, Any]]
+    replicas: list[ReplicaPlan]
+    publishes: list[PublishPlan]
+    notes: list[str] = field(default_factory=list)
+
+    def process_names(self) -> list[str]:
+        names = ["control-plane"]
+        for r in self.replicas:
+            names += [r.name, r.proxy_name]
+        names += [p.proxy_id for p in self.publishes]
+        return names
+
+
+def to_wire(resource: Resource) -> dict[str, Any]:
+    """The resource as the operator API takes it: camelCase JSON of what the user wrote."""
+    data = resource.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data["apiVersion"] = resource.api_version
+    data["kind"] = resource.kind
+    return data
+
+
+def build_plan(resources: Sequence[Resource], base_dir: Path) -> Plan:
+    """Turn validated resources into the processes to run.
+
+    A Service with subsets runs `replicas` of each subset (the subset's command, else the
+    service's, with the subset's env over the service's); one without runs `spec.replicas`. A
+    relative `workingDir` is taken from `base_dir`, the folder of the mesh file.
+    """
+    replicas: list[ReplicaPlan] = []
+    publishes: list[PublishPlan] = []
+    notes: list[str] = []
+    for res in resources:
+        if not isinstance(res, Service):
+            continue
+        spec, meta = res.spec, res.metadata
+        cwd = base_dir / spec.working_dir if spec.working_dir else base_dir
+        probe = spec.readiness_probe.path if spec.readiness_probe else None
+        groups: list[tuple[str | None, int, list[str] | None, dict[str, str], dict[str, str]]]
+        if spec.subsets:
+            groups = [
+                (s.name, s.replicas, s.command or spec.command, {**spec.env, **s.env}, s.labels)
+                for s in spec.subsets
+            ]
+        else:
+            groups = [(None, spec.replicas, spec.command, dict(spec.env), {})]
+        for subset, count, command, env, labels in groups:
+            if count and not command:
+                where = f"Service {meta.name}" + (f" subset {subset}" if subset else "")
+                notes.append(f"{where} has no command: nothing to run for it")
+                continue
+            for i in range(count):
+                stem = f"{meta.name}-{subset}" if subset else meta.name
+                replicas.append(
+                    ReplicaPlan(
+                        name=f"{stem}-{i}",
+                        service=meta.name,
+                        namespace=meta.namespace,
+                        subset=subset,
+                        index=i,
+                        labels=dict(labels),
+                        command=list(command or []),
+                        env=env,
+                        cwd=cwd.resolve(),
+                        readiness_path=probe,
+                    )
+                )
+        if spec.publish is not None:
+            publishes.append(PublishPlan(meta.name, meta.namespace, spec.publish))
+    return Plan([to_wire(r) for r in resources], replicas, publishes, notes)

@@ -1,0 +1,526 @@
+"""The supervisor behind `gossamer up`: starts the mesh in order, watches it, stops it in reverse.
+
+Start: the control plane; the file's resources applied to it; per replica the sidecar, then the
+workload; then the published front doors. Each step waits on a readiness signal (ready files, then
+the sidecars' /ready, which includes the app's probe) with one overall deadline. Stop: front doors,
+workloads, sidecars, control plane, each stage SIGTERM then SIGKILL at its deadline, and every
+process group killed at the end so that nothing of the mesh outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossamer.runtime.logs import LogMux
+from gossamer.runtime.plan import Plan, PublishPlan, ReplicaPlan
+from gossamer.runtime.ports import free_port
+from gossamer.runtime.process import Child, stop_all
+from gossamer.runtime.readiness import (
+    Aborted,
+    NotReady,
+    http_ok,
+    http_post,
+    ready_file,
+    wait_for,
+)
+from gossamer.runtime.state import StateDir, write_json_atomic
+
+# Every process of one run carries this in its environment, so a test (or an operator) can find
+# all of them, grandchildren included.
+RUN_ID_ENV = "GOSSAMER_RUN_ID"
+_PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+Applier = Callable[[str, list[dict[str, Any]]], None]
+
+
+class StartError(Exception):
+    """The mesh could not be started; the message says which part and where its log is."""
+
+
+# Not `-m gossamer.cli.main`: run as __main__, that module's CommandError would be a different class
+# from the one the command modules import, and their errors would end in tracebacks.
+GOSSAMER_MAIN = "import sys; from gossamer.cli.main import main; sys.exit(main())"
+
+
+def default_gossamer_argv() -> list[str]:
+    """How to run `gossamer SUBCOMMAND ...` with this very Python and package."""
+    return [sys.executable, "-c", GOSSAMER_MAIN]
+
+
+@dataclass
+class RuntimeOptions:
+    state: StateDir
+    file: Path
+    gossamer: list[str] = field(default_factory=default_gossamer_argv)
+    start_timeout: float = 30.0
+    stop_timeout: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class ReplicaState:
+    plan: ReplicaPlan
+    app_port: int
+    sidecar: Child
+    workload: Child | None = None
+    addresses: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+
+
+@dataclass
+class PublisherState:
+    plan: PublishPlan
+    proxy: Child
+    addresses: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+
+
+def base_env(run_id: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Every child's environment: ours, minus proxy settings, with our Python first on PATH."""
+    env = dict(os.environ if environ is None else environ)
+    for key in _PROXY_ENV:
+        env.pop(key, None)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, env["PATH"]]) if env.get("PATH") else bindir
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env[RUN_ID_ENV] = run_id
+    return env
+
+
+def workload_env(
+    base: dict[str, str],
+    replica: ReplicaPlan,
+    app_port: int,
+    sidecar: dict[str, Any],
+    control_plane: str,
+) -> dict[str, str]:
+    """The workload's environment: PORT, the sidecar as HTTP proxy, GOSSAMER_*, the file's env."""
+    proxy = f"http://{sidecar['outbound']}"
+    env = dict(base)
+    env.update(
+        {
+            "PORT": str(app_port),
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "",
+            "no_proxy": "",
+            "GOSSAMER_SERVICE": replica.service,
+            "GOSSAMER_NAMESPACE": replica.namespace,
+            "GOSSAMER_SUBSET": replica.subset or "",
+            "GOSSAMER_REPLICA": str(replica.index),
+            "GOSSAMER_PROXY_ID": replica.name,
+            "GOSSAMER_OUTBOUND": str(sidecar["outbound"]),
+            "GOSSAMER_ADMIN": str(sidecar["admin"]),
+            "GOSSAMER_CONTROL_PLANE": control_plane,
+        }
+    )
+    env.update(replica.env)
+    return env
+
+
+def sidecar_argv(
+    gossamer: list[str],
+    replica: ReplicaPlan,
+    app_port: int,
+    control_plane: str,
+    ready: Path,
+    state_dir: Path,
+) -> list[str]:
+    argv = [
+        *gossamer,
+        "proxy",
+        "--service",
+        replica.service,
+        "--namespace",
+        replica.namespace,
+        "--proxy-id",
+        replica.name,
+        "--app-port",
+        str(app_port),
+        "--control-plane",
+        control_plane,
+        "--ready-file",
+        str(ready),
+        "--state-dir",
+        str(state_dir),
+    ]
+    if replica.subset:
+        argv += ["--subset", replica.subset]
+    for key, value in sorted(replica.labels.items()):
+        argv += ["--label", f"{key}={value}"]
+    if replica.readiness_path:
+        argv += ["--readiness-path", replica.readiness_path]
+    return argv
+
+
+def publish_argv(
+    gossamer: list[str], pub: PublishPlan, control_plane: str, ready: Path, state_dir: Path
+) -> list[str]:
+    return [
+        *gossamer,
+        "proxy",
+        "--service",
+        pub.service,
+        "--namespace",
+        pub.namespace,
+        "--proxy-id",
+        pub.proxy_id,
+        "--outbound",
+        f"127.0.0.1:{pub.port}",
+        "--default-host",
+        pub.service,
+        "--control-plane",
+        control_plane,
+        "--ready-file",
+        str(ready),
+        "--state-dir",
+        str(state_dir),
+    ]
+
+
+class Supervisor:
+    """Runs one mesh. `start()` returns once everything is ready; `stop()` takes it all down."""
+
+    def __init__(self, plan: Plan, options: RuntimeOptions, mux: LogMux, apply: Applier) -> None:
+        self.plan = plan
+        self.options = options
+        self.state = options.state
+        self.mux = mux
+        self._apply = apply
+        self.stop_event = threading.Event()
+        self.phase = "starting"
+        self.api: str | None = None
+        self.control_plane: Child | None = None
+        self.replicas: list[ReplicaState] = []
+        self.publishers: list[PublisherState] = []
+        self._lock = threading.RLock()
+        self._env = base_env(options.run_id)
+        mux.add_names(plan.process_names())
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything and wait until it is ready.
+
+        Raises:
+            StartError: a part failed or was not ready in time; whatever started is stopped again.
+            Aborted: stop was requested while starting; whatever started is stopped again.
+        """
+        try:
+            self._start()
+        except (StartError, Aborted):
+            self.stop()
+            raise
+        except NotReady as exc:
+            self.stop()
+            raise StartError(f"{exc} (after {self.options.start_timeout:g}s)") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        opts, state = self.options, self.state
+        state.create()
+        state.pid_path.write_text(f"{os.getpid()}\n")
+        self._write_status()
+        deadline = opts.clock() + opts.start_timeout
+        for note in self.plan.notes:
+            self.mux.say(note)
+
+        cp = Child(
+            "control-plane",
+            "control-plane",
+            [
+                *opts.gossamer,
+                "control-plane",
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                str(state.control_plane),
+                "--ready-file",
+                str(state.ready_file("control-plane")),
+            ],
+            self._env,
+            state.log_path("control-plane"),
+        )
+        self.control_plane = cp
+        self._launch(cp)
+        info = self._wait_file(cp, deadline, "the control plane")
+        self.api = str(info["api"])
+        self.mux.say(f"control plane ready at {self.api}")
+        try:
+            self._apply(self.api, self.plan.resources)
+        except Exception as exc:
+            raise StartError(f"applying {opts.file} to the control plane failed: {exc}") from None
+
+        for rp in self.plan.replicas:
+            port = free_port()
+            sidecar = Child(
+                rp.proxy_name,
+                "sidecar",
+                sidecar_argv(
+                    opts.gossamer,
+                    rp,
+                    port,
+                    self.api,
+                    state.ready_file(rp.proxy_name),
+                    state.proxy_dir(rp.name),
+                ),
+                self._env,
+                state.log_path(rp.proxy_name),
+            )
+            self.replicas.append(ReplicaState(rp, port, sidecar))
+            self._launch(sidecar)
+        for rs in self.replicas:
+            rs.addresses = self._wait_file(rs.sidecar, deadline, f"sidecar {rs.sidecar.name}")
+
+        for rs in self.replicas:
+            rp = rs.plan
+            rs.workload = Child(
+                rp.name,
+                "workload",
+                list(rp.command),
+                workload_env(self._env, rp, rs.app_port, rs.addresses, self.api),
+                state.log_path(rp.name),
+                cwd=rp.cwd,
+            )
+            self._launch(rs.workload)
+
+        for pp in self.plan.publishes:
+            proxy = Child(
+                pp.proxy_id,
+                "publish",
+                publish_argv(
+                    opts.gossamer,
+                    pp,
+                    self.api,
+                    state.ready_file(pp.proxy_id),
+                    state.proxy_dir(pp.proxy_id),
+                ),
+                self._env,
+                state.log_path(pp.proxy_id),
+            )
+            self.publishers.append(PublisherState(pp, proxy))
+            self._launch(proxy)
+        for ps in self.publishers:
+            ps.addresses = self._wait_file(ps.proxy, deadline, f"published proxy {ps.proxy.name}")
+
+        for rs in self.replicas:
+            self._wait_ready(rs, deadline)
+            rs.ready = True
+            self._write_status()
+        for ps in self.publishers:
+            self._wait_http(ps.proxy, ps.addresses, deadline, [ps.proxy])
+            ps.ready = True
+        with self._lock:
+            self.phase = "ready"
+        self._write_status()
+
+    def _launch(self, child: Child) -> None:
+        if self.stop_event.is_set():
+            raise Aborted(child.name)
+        try:
+            child.start(self.mux, self._on_exit)
+        except OSError as exc:
+            what = "workload" if child.kind == "workload" else child.kind
+            raise StartError(
+                f"cannot start {what} {child.name} ({' '.join(child.argv)}): {exc.strerror or exc}"
+            ) from None
+
+    def _died(self, child: Child) -> None:
+        """Raise a StartError naming `child` if it has exited."""
+        if child.alive():
+            return
+        child._exited.wait(1.0)  # let its last lines reach the tail
+        what = "workload" if child.kind == "workload" else child.kind
+        lines = self.mux.tail(child.name)[-10:]
+        tail = "".join(f"\n    {line}" for line in lines) or "\n    (no output)"
+        raise StartError(
+            f"{what} {child.name} exited during start-up (exit status {child.returncode}); "
+            f"its log: {child.log_path}; last lines:{tail}"
+        )
+
+    def _wait_file(self, child: Child, deadline: float, what: str) -> dict[str, Any]:
+        path = self.state.ready_file(child.name)
+        return wait_for(
+            ready_file(path),
+            deadline=deadline,
+            what=what,
+            check=lambda: self._died(child),
+            stop=self.stop_event,
+            clock=self.options.clock,
+        )
+
+    def _wait_http(
+        self, child: Child, addresses: dict[str, Any], deadline: float, watch: list[Child]
+    ) -> None:
+        url = f"http://{addresses['admin']}/ready"
+
+        def check() -> None:
+            for c in watch:
+                self._died(c)
+
+        wait_for(
+            lambda: True if http_ok(url) else None,
+            deadline=deadline,
+            what=f"{child.name} ({url})",
+            check=check,
+            stop=self.stop_event,
+            clock=self.options.clock,
+            interval=0.05,
+        )
+
+    def _wait_ready(self, rs: ReplicaState, deadline: float) -> None:
+        watch = [rs.sidecar] + ([rs.workload] if rs.workload else [])
+        self._wait_http(rs.sidecar, rs.addresses, deadline, watch)
+
+    # --- running --------------------------------------------------------------------------------
+
+    def _on_exit(self, child: Child) -> None:
+        with self._lock:
+            if child.stopping or self.phase != "ready":
+                return  # stopping, or start() reports it
+            for rs in self.replicas:
+                if child in (rs.sidecar, rs.workload):
+                    rs.ready = False
+            for ps in self.publishers:
+                if child is ps.proxy:
+                    ps.ready = False
+        lines = self.mux.tail(child.name)[-10:]
+        self.mux.say(
+            f"{child.kind} {child.name} exited unexpectedly (exit status {child.returncode}); "
+            f"its log: {child.log_path}" + ("; last lines:" if lines else "")
+        )
+        for line in lines:
+            self.mux.say(f"    {line}")
+        self._write_status()
+
+    def wait(self) -> None:
+        """Block until stop is requested (signal handler or `down`)."""
+        while not self.stop_event.wait(3600):
+            pass
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    # --- stop -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything in reverse order of start; idempotent."""
+        with self._lock:
+            if self.phase in ("stopping", "stopped"):
+                return
+            self.phase = "stopping"
+        self.stop_event.set()
+        self._write_status()
+        opts = self.options
+        stages: list[tuple[str, list[Child]]] = [
+            ("published proxies", [p.proxy for p in self.publishers]),
+            ("workloads", [r.workload for r in self.replicas if r.workload is not None]),
+            ("sidecars", [r.sidecar for r in self.replicas]),
+            ("control plane", [self.control_plane] if self.control_plane else []),
+        ]
+        for label, children in stages:
+            if not any(c.proc is not None for c in children):
+                continue
+            self.mux.say(f"stopping {label}")
+            hooks = {c.name: self._quit_hook(c) for c in children if c.kind != "workload"}
+            killed = stop_all(children, opts.stop_timeout, opts.clock, hooks)
+            if killed:
+                self.mux.say(f"killed after {opts.stop_timeout:g}s: {', '.join(killed)}")
+        with self._lock:
+            self.phase = "stopped"
+        if self.state.read_pid() == os.getpid():
+            self.state.clear_run()
+        self.mux.say("stopped")
+
+    def _quit_hook(self, child: Child) -> Callable[[], None]:
+        """Ask a proxy to drain through its admin /quitquitquit before the SIGTERM."""
+        addresses: dict[str, Any] = {}
+        for rs in self.replicas:
+            if rs.sidecar is child:
+                addresses = rs.addresses
+        for ps in self.publishers:
+            if ps.proxy is child:
+                addresses = ps.addresses
+        admin = addresses.get("admin")
+        if not admin or not child.alive():
+            return lambda: None
+        url = f"http://{admin}/quitquitquit"
+
+        def quit_() -> None:
+            http_post(url, timeout=0.3)  # best effort: the SIGTERM that follows drains it too
+
+        return quit_
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The document of `gossamer status --json` (also written to status.json)."""
+        with self._lock:
+            services: dict[str, list[dict[str, Any]]] = {}
+            for rp in self.plan.replicas:
+                services.setdefault(rp.service, [])
+            for rs in self.replicas:
+                wl = rs.workload
+                services[rs.plan.service].append(
+                    {
+                        "replica": rs.plan.name,
+                        "subset": rs.plan.subset,
+                        "pid": wl.pid if wl is not None else None,
+                        "ready": rs.ready,
+                        "inbound": rs.addresses.get("inbound"),
+                        "outbound": rs.addresses.get("outbound"),
+                        "admin": rs.addresses.get("admin"),
+                        "app": f"127.0.0.1:{rs.app_port}",
+                        "proxyId": rs.plan.name,
+                        "proxyPid": rs.sidecar.pid,
+                        "log": str(wl.log_path) if wl is not None else None,
+                        "proxyLog": str(rs.sidecar.log_path),
+                    }
+                )
+            published = {
+                ps.plan.service: f"http://{ps.addresses['outbound']}"
+                for ps in self.publishers
+                if ps.addresses.get("outbound")
+            }
+            publishers = {
+                ps.plan.service: {
+                    "proxyId": ps.plan.proxy_id,
+                    "pid": ps.proxy.pid,
+                    "ready": ps.ready,
+                    "outbound": ps.addresses.get("outbound"),
+                    "admin": ps.addresses.get("admin"),
+                    "log": str(ps.proxy.log_path),
+                }
+                for ps in self.publishers
+            }
+            cp = self.control_plane
+            return {
+                "controlPlane": self.api,
+                "stateDir": str(self.state.root),
+                "file": str(self.options.file),
+                "state": self.phase,
+                "supervisorPid": os.getpid(),
+                "runId": self.options.run_id,
+                "controlPlanePid": cp.pid if cp is not None else None,
+                "logs": str(self.state.logs),
+                "published": published,
+                "services": services,
+                "publishers": publishers,
+            }
+
+    def _write_status(self) -> None:
+        with self._lock:
+            if self.phase == "stopped":
+                return
+            write_json_atomic(self.state.status_path, self.status())

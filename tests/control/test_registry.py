@@ -1,0 +1,163 @@
+"""The registry: registration, heartbeat TTL on a driven clock, persistence across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gossamer.control.registry import Registration, Registry, registry_key
+from gossamer.control.store.sqlite import SqliteStore
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reg(
+    proxy_id: str = "pricing-0", *, ready: bool = True, service: str = "pricing"
+) -> Registration:
+    return Registration(
+        proxy_id=proxy_id,
+        service=service,
+        subset="v1",
+        labels={"version": "v1"},
+        inbound="127.0.0.1:4000",
+        outbound="127.0.0.1:4001",
+        admin="127.0.0.1:4002",
+        app_port=8080,
+        ready=ready,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "store.sqlite")
+    yield s
+    await s.close()
+
+
+async def test_register_heartbeat_and_ttl_expiry(store: SqliteStore) -> None:
+    """A silent proxy turns unhealthy once the TTL has passed, and healthy on its next heartbeat."""
+    clock = FakeClock()
+    registry = Registry(store, ttl=3.0, clock=clock)
+    changes: list[int] = []
+    registry.subscribe(lambda: changes.append(1))
+
+    got = await registry.register(reg())
+    assert got.healthy
+    assert got.last_heartbeat == clock.now
+    assert len(changes) == 1
+
+    clock.now += 2.9
+    assert not registry.sweep()
+    assert registry.endpoints()[0].healthy
+
+    clock.now += 0.1  # exactly the TTL since the last heartbeat
+    assert registry.sweep()
+    assert not registry.endpoints()[0].healthy
+    assert len(changes) == 2
+
+    assert await registry.heartbeat("pricing-0")
+    assert registry.endpoints()[0].healthy
+    assert len(changes) == 3
+    assert registry.next_expiry() == clock.now + 3.0
+
+
+async def test_not_ready_is_not_healthy(store: SqliteStore) -> None:
+    registry = Registry(store, ttl=3.0, clock=FakeClock())
+    await registry.register(reg(ready=False))
+    assert not registry.endpoints()[0].healthy
+    await registry.heartbeat("pricing-0", ready=True)
+    assert registry.endpoints()[0].healthy
+    await registry.heartbeat("pricing-0", ready=False)
+    assert not registry.endpoints()[0].healthy
+
+
+async def test_unknown_proxy(store: SqliteStore) -> None:
+    registry = Registry(store, ttl=3.0, clock=FakeClock())
+    assert not await registry.heartbeat("nobody")
+    assert not await registry.deregister("nobody")
+
+
+async def test_heartbeats_do_not_write_the_store(store: SqliteStore) -> None:
+    """Heartbeats stay in memory: the store's revision moves only for real changes."""
+    clock = FakeClock()
+    registry = Registry(store, ttl=3.0, clock=clock)
+    await registry.register(reg())
+    rev = await store.revision()
+    for _ in range(5):
+        clock.now += 1
+        await registry.heartbeat("pricing-0", ready=True)
+    await registry.register(reg())  # the same registration again
+    assert await store.revision() == rev
+    await registry.heartbeat("pricing-0", ready=False)
+    assert await store.revision() == rev + 1
+
+
+async def test_endpoints_by_service_and_deregister(store: SqliteStore) -> None:
+    registry = Registry(store, ttl=3.0, clock=FakeClock())
+    await registry.register(reg("b-0", service="b"))
+    await registry.register(reg("a-1", service="a"))
+    await registry.register(reg("a-0", service="a"))
+    assert [r.proxy_id for r in registry.endpoints()] == ["a-0", "a-1", "b-0"]
+    assert [r.proxy_id for r in registry.endpoints("a")] == ["a-0", "a-1"]
+    assert await registry.deregister("a-0")
+    assert await store.get(registry_key("a-0")) is None
+    assert [r.proxy_id for r in registry.endpoints("a")] == ["a-1"]
+
+
+async def test_restart_serves_persisted_endpoints_with_fresh_ttl(tmp_path: Path) -> None:
+    """A restarted control plane knows every registration at once, each with a new TTL."""
+    path = tmp_path / "store.sqlite"
+    clock = FakeClock()
+    store = await SqliteStore.open(path)
+    registry = Registry(store, ttl=3.0, clock=clock)
+    await registry.register(reg("p-0"))
+    await registry.register(reg("p-1", ready=False))
+    clock.now += 10
+    registry.sweep()
+    await store.close()
+
+    clock.now += 100
+    store = await SqliteStore.open(path)
+    try:
+        restarted = Registry(store, ttl=3.0, clock=clock)
+        assert await restarted.load() == 2
+        p0, p1 = restarted.endpoints()
+        assert (p0.proxy_id, p0.healthy, p0.last_heartbeat) == ("p-0", True, clock.now)
+        assert (p1.proxy_id, p1.ready, p1.healthy) == ("p-1", False, False)
+        assert p0.labels == {"version": "v1"}
+        assert p0.app_port == 8080
+        assert await restarted.heartbeat("p-0")
+    finally:
+        await store.close()
+
+
+async def test_run_loop_marks_silent_proxy_unhealthy(store: SqliteStore) -> None:
+    """The loop timer, on the real clock, expires a silent proxy within the TTL (plus slack)."""
+    ttl = 0.2
+    registry = Registry(store, ttl=ttl, clock=time.time)
+    expired = asyncio.Event()
+    started = time.time()
+    await registry.register(reg())
+    registry.subscribe(lambda: None if registry.endpoints()[0].healthy else expired.set())
+    task = asyncio.create_task(registry.run())
+    try:
+        await asyncio.wait_for(expired.wait(), 5)
+    finally:
+        task.cancel()
+    elapsed = time.time() - started
+    assert ttl <= elapsed < ttl + 0.5
+
+
+def test_bad_ttl_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        Registry(None, ttl=0, clock=time.time)  # type: ignore[arg-type]
