@@ -208,7 +208,7 @@ class Sampler:
     def __init__(self, rand: Callable[[], float]) -> None:
         self._rand = rand
         self.endpoints: list[EndpointState] = []
-        self._cumulative: list[int] | None = None
+        self._cumulative: list[float] | None = None
         self._total = 0
 
     def update(self, endpoints: Sequence[EndpointState]) -> None:
@@ -216,11 +216,13 @@ class Sampler:
         self.endpoints = eps
         weights = {e.weight for e in eps}
         if len(weights) > 1:
-            cumulative = []
+            cumulative: list[float] = []
             total = 0
             for e in eps:
                 total += e.weight
                 cumulative.append(total)
+            # The last bound is infinite so that rand() * total rounding up stays in range.
+            cumulative[-1] = math.inf
             self._cumulative, self._total = cumulative, total
         else:
             self._cumulative, self._total = None, len(eps)
@@ -229,8 +231,7 @@ class Sampler:
         cumulative = self._cumulative
         if cumulative is None:
             return self.endpoints[int(self._rand() * self._total)]
-        i = bisect_right(cumulative, self._rand() * self._total)
-        return self.endpoints[i if i < len(cumulative) else -1]
+        return self.endpoints[bisect_right(cumulative, self._rand() * self._total)]
 
     def _draw_from(self, candidates: list[EndpointState]) -> EndpointState:
         if self._cumulative is None:
@@ -260,6 +261,23 @@ class Sampler:
     def two(self) -> tuple[EndpointState | None, EndpointState | None]:
         """Two distinct available endpoints, weighted; (a, None) when only one, (None, None)
         when none."""
+        eps = self.endpoints
+        n = len(eps)
+        if n > 1:
+            rand = self._rand
+            cumulative = self._cumulative
+            if cumulative is None:
+                a = eps[int(rand() * n)]
+                b = eps[int(rand() * n)]
+            else:
+                total = self._total
+                a = eps[bisect_right(cumulative, rand() * total)]
+                b = eps[bisect_right(cumulative, rand() * total)]
+            if a is not b and a.healthy and not a.ejected and b.healthy and not b.ejected:
+                return a, b
+        return self._two_slow()
+
+    def _two_slow(self) -> tuple[EndpointState | None, EndpointState | None]:
         a = self.one()
         if a is None or len(self.endpoints) == 1:
             return a, None
