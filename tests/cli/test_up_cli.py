@@ -73,7 +73,7 @@ def test_status_table_checks_readiness_live(admin, tmp_path, capsys) -> None:
         "published: frontend -> http://127.0.0.1:5000",
         "",
         "SERVICE   REPLICA        SUBSET   READY   PID"
-        + " " * (len(str(pid)) - 1)
+        + " " * (len(str(pid)) - 3)
         + "   APP              INBOUND          OUTBOUND         ADMIN",
         f"pricing   pricing-v1-0   v1       yes     {pid}   127.0.0.1:1003   127.0.0.1:1001"
         f"   127.0.0.1:1002   {admin.address}",

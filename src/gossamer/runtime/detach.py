@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,8 +73,8 @@ def start_detached(
         _stop_pid(proc.pid, 10.0, clock)
         raise
     finally:
-        # Reap it if it already exited; a running supervisor is left to init when we exit.
-        proc.poll()
+        # Reap it whenever it exits while we still run; after we exit, init does.
+        threading.Thread(target=proc.wait, name="reap-supervisor", daemon=True).start()
 
 
 def stop_mesh(state: StateDir, timeout: float, clock: Callable[[], float] = time.monotonic) -> bool:

@@ -260,33 +260,30 @@ class Sampler:
 
     def two(self) -> tuple[EndpointState | None, EndpointState | None]:
         """Two distinct available endpoints, weighted; (a, None) when only one, (None, None)
-        when none."""
+        when none. `a` alone is distributed in proportion to weight among the available ones, so
+        a caller that keeps `a` on ties follows the weights when there is no load."""
         eps = self.endpoints
         n = len(eps)
-        if n > 1:
-            rand = self._rand
-            cumulative = self._cumulative
+        if n < 2:
+            return self.one(), None
+        rand = self._rand
+        cumulative = self._cumulative
+        total = self._total
+        if cumulative is None:
+            a = eps[int(rand() * n)]
+        else:
+            a = eps[bisect_right(cumulative, rand() * total)]
+        if not a.healthy or a.ejected:
+            a_or_none = self.one()
+            if a_or_none is None:
+                return None, None
+            a = a_or_none
+        for _ in range(_TRIES):
             if cumulative is None:
-                a = eps[int(rand() * n)]
                 b = eps[int(rand() * n)]
             else:
-                total = self._total
-                a = eps[bisect_right(cumulative, rand() * total)]
                 b = eps[bisect_right(cumulative, rand() * total)]
-            if a is not b and a.healthy and not a.ejected and b.healthy and not b.ejected:
-                return a, b
-        return self._two_slow()
-
-    def _two_slow(self) -> tuple[EndpointState | None, EndpointState | None]:
-        a = self.one()
-        if a is None or len(self.endpoints) == 1:
-            return a, None
-        b = self._draw()
-        if b is not a and b.healthy and not b.ejected:
-            return a, b
-        for _ in range(_TRIES):
-            b = self._draw()
             if b is not a and b.healthy and not b.ejected:
                 return a, b
-        candidates = [e for e in self.endpoints if e is not a and e.healthy and not e.ejected]
+        candidates = [e for e in eps if e is not a and e.healthy and not e.ejected]
         return a, (self._draw_from(candidates) if candidates else None)

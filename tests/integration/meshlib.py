@@ -1,0 +1,230 @@
+"""Integration-test helpers: a real mesh started with `gossamer up -d`, and bounded load."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SHOP = REPO / "examples" / "shop"
+GOSSAMER = [sys.executable, "-m", "gossamer"]
+
+
+def wait_for(
+    what: str, check: Callable[[], Any], deadline: float = 20.0, every: float = 0.05
+) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `deadline` s."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = check()
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {deadline}s waiting for {what} (last: {last!r})")
+
+
+class Mesh:
+    """A mesh started by `gossamer up -d` in its own state dir; every command runs against it."""
+
+    def __init__(self, root: Path, file: Path) -> None:
+        self.root = root
+        self.file = file
+        self.state_dir = root / "state"
+        self.env = {**os.environ, "GOSSAMER_STATE_DIR": str(self.state_dir), "NO_COLOR": "1"}
+        self.env.pop("HTTP_PROXY", None)
+        self.env.pop("http_proxy", None)
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*GOSSAMER, *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"gossamer {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n{self.logs_tail()}"
+            )
+        return proc
+
+    def up(self) -> None:
+        self.run("up", "-d", str(self.file), timeout=120)
+
+    def down(self) -> None:
+        self.run("down", check=False, timeout=60)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.run("status", "--json").stdout)
+        return out
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.status()["controlPlane"]
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            payload = resp.read()
+            if resp.status >= 400:
+                raise AssertionError(f"{method} {path}: {resp.status} {payload[:500]!r}")
+            return json.loads(payload)
+        finally:
+            conn.close()
+
+    def replicas(self, service: str) -> list[dict[str, Any]]:
+        replicas: list[dict[str, Any]] = self.status()["services"][service]
+        return replicas
+
+    def all_acked(self) -> dict[str, str] | None:
+        """The proxies' versions when every proxy ACKed what it was last sent, else None."""
+        items = self.api("GET", "/v1/proxies")["items"]
+        if not items or any(
+            p["state"] != "ACK" or p["ackedVersion"] != p["sentVersion"] for p in items
+        ):
+            return None
+        return {p["proxyId"]: p["ackedVersion"] for p in items}
+
+    def mesh_processes(self) -> list[int]:
+        """Every live process of this mesh (its state dir in its command line or environment)."""
+        marker = str(self.state_dir).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if (entry / "stat").read_text().split(") ", 1)[1].startswith("Z"):
+                    continue
+                blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in blob:
+                found.append(int(entry.name))
+        return found
+
+    def kill_all(self) -> None:
+        for pid in self.mesh_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def logs_tail(self, lines: int = 15) -> str:
+        logs = self.state_dir / "logs"
+        if not logs.is_dir():
+            return ""
+        out = []
+        for path in sorted(logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+def split(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+@dataclass
+class Load:
+    """Closed-loop load through a sidecar: `workers` keep-alive connections, bounded in count and
+    time. Every answer is recorded: its status, the `version` field of a JSON body if any, and every
+    error, so that a test can assert that no request failed while something changed underneath.
+    """
+
+    address: str
+    host: str
+    path: str
+    workers: int = 4
+    max_requests: int = 20_000
+    max_seconds: float = 60.0
+    results: list[tuple[float, int, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        self._deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.workers):
+            t = threading.Thread(target=self._work, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _work(self) -> None:
+        host, port = split(self.address)
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if len(self.results) + len(self.failures) >= self.max_requests:
+                    return
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(host, port, timeout=10)
+                conn.request("GET", self.path, headers={"host": self.host})
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            if resp.status != 200:
+                flags = resp.getheader("x-gossamer-flags", "")
+                with self._lock:
+                    self.failures.append(f"HTTP {resp.status} [{flags}] {body[:200]!r}")
+                continue
+            try:
+                version = str(json.loads(body).get("version", ""))
+            except ValueError:
+                version = ""
+            with self._lock:
+                self.results.append((time.monotonic(), resp.status, version))
+        if conn is not None:
+            conn.close()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def wait_count(self, n: int, deadline: float = 30.0) -> None:
+        target = self.count() + n
+        wait_for(
+            f"{n} more answers through {self.address}", lambda: self.count() >= target, deadline
+        )
+
+    def versions_since(self, t0: float) -> Counter[str]:
+        with self._lock:
+            return Counter(v for t, _, v in self.results if t >= t0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
