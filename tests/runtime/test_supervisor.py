@@ -74,6 +74,9 @@ def test_starts_in_order_and_stops_in_reverse(make_supervisor, events) -> None:
     assert terms["web-publish"] < min(terms[n] for n in names)
     assert max(terms[n] for n in names) < min(terms[f"{n}.proxy"] for n in names)
     assert max(terms[f"{n}.proxy"] for n in names) < terms["control-plane"]
+    # Proxies are asked to drain through their admin listener rather than signalled.
+    asked = {n for w, n, _ in events.lines() if w == "quit"}
+    assert asked == {"web-publish", *(f"{n}.proxy" for n in names)}
     assert all(not pid_alive(p) for p in pids if p != os.getpid())
     assert processes_of_run(sup.options.run_id) == []
     assert not sup.state.status_path.exists()

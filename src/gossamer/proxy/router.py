@@ -48,11 +48,12 @@ from gossamer.filters import rewrite as rewrite_filter
 from gossamer.filters.redirect import RedirectFilter, split_authority
 from gossamer.filters.rewrite import encode_path, strip_prefix
 from gossamer.http.message import RequestHead, ResponseHead
+from gossamer.proxy import flags
 
 # The flag and status for a matched rule with no backend to send to (none listed, or every weight
-# 0): the Gateway API asks for a 500. It belongs in proxy/flags.py next to the other flags.
-NO_BACKEND = "no-backend"
-NO_BACKEND_STATUS = 500
+# 0): the Gateway API asks for a 500.
+NO_BACKEND = flags.NO_BACKEND
+NO_BACKEND_STATUS = flags.STATUS[NO_BACKEND]
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 

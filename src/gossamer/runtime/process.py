@@ -88,19 +88,21 @@ def stop_all(
     children: Sequence[Child],
     timeout: float,
     clock: Callable[[], float],
-    before_term: Mapping[str, Callable[[], None]] | None = None,
+    asked: Mapping[str, Callable[[], bool]] | None = None,
 ) -> list[str]:
-    """Stop `children` together: SIGTERM (after any `before_term` hook), SIGKILL at the deadline.
+    """Stop `children` together, SIGKILLing at the deadline whatever is left.
+
+    Each child is first asked politely by its `asked` hook (a proxy's /quitquitquit); one whose hook
+    returns False, or that has none, gets SIGTERM. Not both: a second signal cuts a drain short.
 
     Returns the names of those that had to be killed.
     """
     live = [c for c in children if c.proc is not None]
     for child in live:
         child.stopping = True
-        hook = (before_term or {}).get(child.name)
-        if hook is not None:
-            hook()
-        child.signal_group(signal.SIGTERM)
+        hook = (asked or {}).get(child.name)
+        if hook is None or not hook():
+            child.signal_group(signal.SIGTERM)
     deadline = clock() + timeout
     killed = []
     for child in live:

@@ -3,8 +3,9 @@
 Start: the control plane; the file's resources applied to it; per replica the sidecar, then the
 workload; then the published front doors. Each step waits on a readiness signal (ready files, then
 the sidecars' /ready, which includes the app's probe) with one overall deadline. Stop: front doors,
-workloads, sidecars, control plane, each stage SIGTERM then SIGKILL at its deadline, and every
-process group killed at the end so that nothing of the mesh outlives it.
+workloads, sidecars, control plane; each stage is asked to stop (proxies through /quitquitquit, the
+rest by SIGTERM) and SIGKILLed at its deadline, and every process group is killed at the end so that
+nothing of the mesh outlives it.
 """
 
 from __future__ import annotations
@@ -443,8 +444,8 @@ class Supervisor:
             self.state.clear_run()
         self.mux.say("stopped")
 
-    def _quit_hook(self, child: Child) -> Callable[[], None]:
-        """Ask a proxy to drain through its admin /quitquitquit before the SIGTERM."""
+    def _quit_hook(self, child: Child) -> Callable[[], bool]:
+        """Ask a proxy to drain and exit through its admin /quitquitquit; whether it agreed."""
         addresses: dict[str, Any] = {}
         for rs in self.replicas:
             if rs.sidecar is child:
@@ -454,13 +455,9 @@ class Supervisor:
                 addresses = ps.addresses
         admin = addresses.get("admin")
         if not admin or not child.alive():
-            return lambda: None
+            return lambda: False
         url = f"http://{admin}/quitquitquit"
-
-        def quit_() -> None:
-            http_post(url, timeout=0.3)  # best effort: the SIGTERM that follows drains it too
-
-        return quit_
+        return lambda: http_post(url, timeout=0.5)
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """RING_HASH: a Ketama-style consistent hash ring, and the request hash key it routes on.
 
-Each endpoint owns points on a 64-bit ring, placed by hashing "<address>#<i>", in number
-proportional to its weight and at least `minimum_ring_size` in all. A key goes to the owner of the
-first point at or after its hash (wrapping round). Points depend only on an endpoint's own address
-and weight, so adding or removing one of n endpoints moves only about 1/n of the keys, and every
-proxy maps a key to the same endpoint. An unavailable owner passes its keys on to the next available
-one clockwise. Without a key the pick is a random available endpoint.
+Each endpoint owns points on a 64-bit ring, placed by hashing "<address>#<block>": an endpoint of
+the highest weight gets `minimum_ring_size` of them, the others proportionally fewer. A key goes to
+the owner of the first point at or after its hash (wrapping round). Points depend only on an
+endpoint's own address and relative weight, not on the other members, so adding or removing one of
+n endpoints moves only about 1/n of the keys, and every proxy maps a key to the same endpoint. An
+unavailable owner passes its keys on to the next available one clockwise. Without a key the pick
+is a random available endpoint.
 
 Hashes are BLAKE2b (deterministic across processes, unlike `hash()`).
 """
