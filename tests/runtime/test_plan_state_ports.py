@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,13 @@ def test_state_files(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "s")
     state.create()
     (state.run / "old.json").write_text("{}")
+    (state.control_plane / "store.sqlite").write_text("old")
+    state.proxy_dir("web-0").mkdir(parents=True)
     state.create()
-    assert not (state.run / "old.json").exists()  # ready files of a previous run are stale
+    # Ready files, the store and the proxies' caches all belong to the previous run.
+    assert not (state.run / "old.json").exists()
+    assert list(state.control_plane.iterdir()) == []
+    assert not state.proxy_dir("web-0").exists()
     assert state.read_status() is None
     write_json_atomic(state.status_path, {"state": "ready"})
     assert state.read_status() == {"state": "ready"}
@@ -154,7 +160,7 @@ def test_kill_leftovers_kills_only_this_run(tmp_path: Path) -> None:
     try:
         wait_for(
             lambda: True if processes_of_run("run-1") and processes_of_run("run-2") else None,
-            deadline=__import__("time").monotonic() + 10,
+            deadline=time.monotonic() + 10,
             what="the sleepers",
         )
         status = {

@@ -100,7 +100,12 @@ def _api_error_text(exc: Any) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gossamer.runtime.detach import DetachError, start_detached, supervise_argv
+    from gossamer.runtime.detach import (
+        DetachError,
+        kill_leftovers,
+        start_detached,
+        supervise_argv,
+    )
     from gossamer.runtime.state import StateDir, pid_alive, resolve_state_dir
 
     state = StateDir(resolve_state_dir(args.state_dir))
@@ -111,6 +116,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"stop it first: gossamer down{_state_flag(args)}"
         )
     plan = load_plan(args.file)
+    stale = state.read_status()
+    if stale is not None and not args.supervise:
+        kill_leftovers(stale)  # of a supervisor that was killed outright
     if args.detach and not args.supervise:
         try:
             status = start_detached(

@@ -364,8 +364,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return {"heartbeatInterval": cp.heartbeat_interval}
 
     @app.post("/v1/proxies/{proxy_id}/heartbeat")
-    async def heartbeat(proxy_id: str, body: HeartbeatRequest) -> dict[str, Any]:
-        if not await registry.heartbeat(proxy_id, body.ready):
+    async def heartbeat(proxy_id: str, body: HeartbeatRequest | None = None) -> dict[str, Any]:
+        if not await registry.heartbeat(proxy_id, body.ready if body is not None else None):
             raise _unknown_proxy(proxy_id)
         distributor.touch(proxy_id)
         return {"heartbeatInterval": cp.heartbeat_interval}

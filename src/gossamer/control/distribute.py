@@ -179,7 +179,8 @@ class Distributor:
             assert status.changed is not None
             status.polling += 1
             try:
-                await asyncio.wait_for(status.changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await status.changed.wait()
             except TimeoutError:
                 self.touch(proxy_id)
                 return None

@@ -163,8 +163,11 @@ class Registry:
             # from now, so sleeping until the earliest deadline (at most `ttl`) misses none.
             delay = self.ttl if expiry is None else expiry - self._clock()
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the wait completes, and close() would then wait on this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), self.ttl))
+                async with asyncio.timeout(min(max(delay, 0.01), self.ttl)):
+                    await self._wake.wait()
 
 
 def _persisted(reg: Registration) -> bytes:

@@ -151,6 +151,7 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _stop(self, sig: int) -> None:
+        log.info("stopping on %s", signal.Signals(sig).name)
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ class StateDir:
         return self.run / f"{name}.json"
 
     def create(self) -> None:
+        """Make the layout for a new run, forgetting the control plane and proxies of the last one.
+
+        Each `gossamer up` is a fresh mesh built from its file, like `docker compose up`: a stored
+        resource or endpoint of an earlier run would otherwise linger in this one.
+        """
+        for stale_dir in (self.control_plane, self.root / "proxies"):
+            shutil.rmtree(stale_dir, ignore_errors=True)
         for path in (self.root, self.logs, self.run, self.control_plane, self.root / "proxies"):
             path.mkdir(parents=True, exist_ok=True)
         for stale in self.run.glob("*.json"):
