@@ -13,6 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from gossamer import snapshot as snap
+from gossamer.config import models
 from gossamer.config.loader import load_text
 from gossamer.config.models import Resource
 from gossamer.control.registry import Registration
@@ -62,6 +63,7 @@ PROXY = snap.ProxyIdentity(proxy_id="frontend-0", service="frontend")
 
 
 def reg(proxy_id: str, service: str, inbound: str, **kw: Any) -> Registration:
+    kw.setdefault("app_port", 8000)
     return Registration(proxy_id=proxy_id, service=service, inbound=inbound, **kw)
 
 
@@ -450,3 +452,18 @@ def test_host_names_as_the_router_applies_them() -> None:
     assert _route(s, "prices.example.com", "/legacy") == ("pricing.shop", "shop/pricing#0")
     assert _route(s, "cart", "/") is None
     assert _route(s, "cart.b", "/") == ("cart.b", "default")
+
+
+def test_a_proxy_without_an_app_is_never_an_endpoint() -> None:
+    """A `publish` front door registers with appPort 0: calls to its service must not reach it."""
+    resources = [
+        models.Service.model_validate(
+            {"apiVersion": "gossamer.dev/v1alpha1", "kind": "Service", "metadata": {"name": "web"}}
+        )
+    ]
+    regs = [
+        reg("web-0", "web", "127.0.0.1:1001"),
+        reg("web-publish", "web", "127.0.0.1:1002", app_port=0),
+    ]
+    s = translate(resources, regs, PROXY)
+    assert [e.proxy_id for e in cluster_of(s, "web.default").endpoints] == ["web-0"]

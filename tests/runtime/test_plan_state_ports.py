@@ -14,7 +14,7 @@ import pytest
 from gossamer.config.loader import load_text
 from gossamer.runtime.detach import kill_leftovers, processes_of_run
 from gossamer.runtime.plan import build_plan
-from gossamer.runtime.ports import free_port, split_address
+from gossamer.runtime.ports import PortReservation, free_port, split_address
 from gossamer.runtime.readiness import NotReady, http_ok, wait_for
 from gossamer.runtime.state import StateDir, pid_alive, resolve_state_dir, write_json_atomic
 from gossamer.runtime.supervisor import RUN_ID_ENV
@@ -126,6 +126,16 @@ def test_free_port_is_bindable() -> None:
     assert split_address(f"127.0.0.1:{port}") == ("127.0.0.1", port)
     with pytest.raises(ValueError, match="not a host:port"):
         split_address("localhost")
+
+
+def test_port_reservation_holds_the_port_until_released() -> None:
+    reservation = PortReservation()
+    with socket.socket() as sock, pytest.raises(OSError):
+        sock.bind(("127.0.0.1", reservation.port))
+    assert reservation.release() == reservation.port
+    assert reservation.release() == reservation.port  # idempotent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", reservation.port))
 
 
 def test_wait_for_gives_up_at_the_deadline() -> None:

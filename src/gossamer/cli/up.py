@@ -139,6 +139,7 @@ def _state_flag(args: argparse.Namespace) -> str:
 
 
 def _run_foreground(plan: Any, state: Any, args: argparse.Namespace) -> int:
+    from gossamer.runtime.converge import api_probe
     from gossamer.runtime.logs import LogMux
     from gossamer.runtime.readiness import Aborted
     from gossamer.runtime.supervisor import RuntimeOptions, StartError, Supervisor
@@ -147,7 +148,7 @@ def _run_foreground(plan: Any, state: Any, args: argparse.Namespace) -> int:
     options = RuntimeOptions(
         state=state, file=Path(args.file).resolve(), start_timeout=args.timeout
     )
-    sup = Supervisor(plan, options, mux, apply_resources)
+    sup = Supervisor(plan, options, mux, apply_resources, api_probe)
     signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

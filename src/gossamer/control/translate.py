@@ -105,7 +105,10 @@ def translate(
     regs = sorted(endpoints, key=lambda r: (r.namespace, r.service, r.inbound, r.proxy_id))
     regs_by_service: dict[tuple[str, str], list[Registration]] = {}
     for r in regs:
-        regs_by_service.setdefault((r.namespace, r.service), []).append(r)
+        # A proxy with no app behind it (a `publish` front door) serves no requests for its
+        # service, so it is never an endpoint.
+        if r.app_port:
+            regs_by_service.setdefault((r.namespace, r.service), []).append(r)
     defaults = RuleDefaults(
         request_timeout=world.mesh.defaults.timeouts.request or None,
         retry=DEFAULT_RETRY,

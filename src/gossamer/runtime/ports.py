@@ -17,6 +17,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+class PortReservation:
+    """A port from the OS, kept bound (not listening) until its user is about to bind it.
+
+    Between choosing a workload's port and starting the workload, the sidecars start and each
+    binds three ports at :0; a port already closed could be handed to one of them. Holding the
+    socket until just before the workload starts closes that window.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._sock: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self.port: int = self._sock.getsockname()[1]
+
+    def release(self) -> int:
+        """Let the port go (idempotent) and return it for its user to bind."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        return self.port
+
+
 def split_address(address: str) -> tuple[str, int]:
     """Split "host:port" into its parts.
 

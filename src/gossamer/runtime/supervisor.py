@@ -15,14 +15,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gossamer.runtime.logs import LogMux
 from gossamer.runtime.plan import Plan, PublishPlan, ReplicaPlan
-from gossamer.runtime.ports import free_port
+from gossamer.runtime.ports import PortReservation
 from gossamer.runtime.process import Child, stop_all
 from gossamer.runtime.readiness import (
     Aborted,
@@ -40,6 +40,8 @@ RUN_ID_ENV = "GOSSAMER_RUN_ID"
 _PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 Applier = Callable[[str, list[dict[str, Any]]], None]
+# Given the control plane's URL, a check of (replica ids, proxy ids) -> converged (converge.py).
+ConvergeProbe = Callable[[str], Callable[[Collection[str], Collection[str]], bool]]
 
 
 class StartError(Exception):
@@ -70,7 +72,7 @@ class RuntimeOptions:
 @dataclass
 class ReplicaState:
     plan: ReplicaPlan
-    app_port: int
+    app_port: PortReservation
     sidecar: Child
     workload: Child | None = None
     addresses: dict[str, Any] = field(default_factory=dict)
@@ -191,8 +193,16 @@ def publish_argv(
 class Supervisor:
     """Runs one mesh. `start()` returns once everything is ready; `stop()` takes it all down."""
 
-    def __init__(self, plan: Plan, options: RuntimeOptions, mux: LogMux, apply: Applier) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        options: RuntimeOptions,
+        mux: LogMux,
+        apply: Applier,
+        converge: ConvergeProbe | None = None,
+    ) -> None:
         self.plan = plan
+        self._converge = converge
         self.options = options
         self.state = options.state
         self.mux = mux
@@ -264,14 +274,14 @@ class Supervisor:
             raise StartError(f"applying {opts.file} to the control plane failed: {exc}") from None
 
         for rp in self.plan.replicas:
-            port = free_port()
+            port = PortReservation()
             sidecar = Child(
                 rp.proxy_name,
                 "sidecar",
                 sidecar_argv(
                     opts.gossamer,
                     rp,
-                    port,
+                    port.port,
                     self.api,
                     state.ready_file(rp.proxy_name),
                     state.proxy_dir(rp.name),
@@ -290,7 +300,7 @@ class Supervisor:
                 rp.name,
                 "workload",
                 list(rp.command),
-                workload_env(self._env, rp, rs.app_port, rs.addresses, self.api),
+                workload_env(self._env, rp, rs.app_port.release(), rs.addresses, self.api),
                 state.log_path(rp.name),
                 cwd=rp.cwd,
             )
@@ -322,6 +332,8 @@ class Supervisor:
         for ps in self.publishers:
             self._wait_http(ps.proxy, ps.addresses, deadline, [ps.proxy])
             ps.ready = True
+        if self._converge is not None:
+            self._wait_converged(self._converge(self.api), deadline)
         with self._lock:
             self.phase = "ready"
         self._write_status()
@@ -384,6 +396,36 @@ class Supervisor:
         watch = [rs.sidecar] + ([rs.workload] if rs.workload else [])
         self._wait_http(rs.sidecar, rs.addresses, deadline, watch)
 
+    def _wait_converged(
+        self, probe: Callable[[Collection[str], Collection[str]], bool], deadline: float
+    ) -> None:
+        replica_ids = [rs.plan.name for rs in self.replicas]
+        proxy_ids = replica_ids + [ps.plan.proxy_id for ps in self.publishers]
+        children = [c for c in self._children() if c.proc is not None]
+
+        def check() -> None:
+            for child in children:
+                self._died(child)
+
+        wait_for(
+            lambda: True if probe(replica_ids, proxy_ids) else None,
+            deadline=deadline,
+            what="the mesh (every replica a ready endpoint, every proxy on the latest config)",
+            check=check,
+            stop=self.stop_event,
+            clock=self.options.clock,
+            interval=0.1,
+        )
+
+    def _children(self) -> list[Child]:
+        out = [self.control_plane] if self.control_plane else []
+        for rs in self.replicas:
+            out.append(rs.sidecar)
+            if rs.workload is not None:
+                out.append(rs.workload)
+        out += [ps.proxy for ps in self.publishers]
+        return out
+
     # --- running --------------------------------------------------------------------------------
 
     def _on_exit(self, child: Child) -> None:
@@ -421,6 +463,8 @@ class Supervisor:
             if self.phase in ("stopping", "stopped"):
                 return
             self.phase = "stopping"
+        for rs in self.replicas:
+            rs.app_port.release()
         self.stop_event.set()
         self._write_status()
         opts = self.options
@@ -478,7 +522,7 @@ class Supervisor:
                         "inbound": rs.addresses.get("inbound"),
                         "outbound": rs.addresses.get("outbound"),
                         "admin": rs.addresses.get("admin"),
-                        "app": f"127.0.0.1:{rs.app_port}",
+                        "app": f"127.0.0.1:{rs.app_port.port}",
                         "proxyId": rs.plan.name,
                         "proxyPid": rs.sidecar.pid,
                         "log": str(wl.log_path) if wl is not None else None,
