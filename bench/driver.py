@@ -384,6 +384,18 @@ def version(argv: Sequence[str]) -> str:
     return text[0].strip() if text else "?"
 
 
+def word(text: str, index: int) -> str:
+    words = text.split()
+    return words[index] if len(words) > index else "?"
+
+
+def envoy_version(binary: str) -> str:
+    # "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    text = version([binary, "--version"]) if binary else "?"
+    parts = text.partition("version:")[2].strip().split("/")
+    return parts[1] if len(parts) > 1 else "?"
+
+
 def machine() -> dict[str, Any]:
     model = "?"
     try:
@@ -523,13 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rss_note": "rss_mib sums VmRSS over the target's processes after the load (nginx: master "
         "+ worker; mesh-path: both sidecars).",
         "versions": {
-            "nginx": version(["nginx", "-v"]).removeprefix("nginx version: "),
-            "haproxy": " ".join(version(["haproxy", "-v"]).split()[:3]),
-            "envoy": version([bench.envoy, "--version"]).split("/")[1]
-            if bench.envoy and "/" in version([bench.envoy, "--version"])
+            "nginx": version(["nginx", "-v"]).removeprefix("nginx version: nginx/"),
+            "haproxy": word(version(["haproxy", "-v"]), 2),  # "HAProxy version 2.6.12 ..."
+            "envoy": envoy_version(bench.envoy),
+            "wrk": word(version(["wrk", "-v"]), 1),  # "wrk debian/4.1.0-3+b2 [epoll] ..."
+            "gossamer": version([bench.gossamer, "--version"]).removeprefix("gossamer ")
+            if bench.gossamer
             else "?",
-            "wrk": " ".join(version(["wrk", "-v"]).split()[:2]),
-            "gossamer": version([bench.gossamer, "--version"]) if bench.gossamer else "?",
         },
         "ratios": ratios,
         "goals": summary.goals(targets, ratios),

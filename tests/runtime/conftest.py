@@ -78,7 +78,8 @@ def make_supervisor(
             start_timeout=opts.pop("start_timeout", 20.0),
             stop_timeout=opts.pop("stop_timeout", 5.0),
         )
-        sup = Supervisor(plan_from(yaml, tmp_path), options, LogMux(out), apply)
+        converge = opts.pop("converge", None)
+        sup = Supervisor(plan_from(yaml, tmp_path), options, LogMux(out), apply, converge)
         made.append(sup)
         return sup, out, applied
 

@@ -130,7 +130,7 @@ def test_free_port_is_bindable() -> None:
 
 def test_port_reservation_holds_the_port_until_released() -> None:
     reservation = PortReservation()
-    with socket.socket() as sock, pytest.raises(OSError):
+    with socket.socket() as sock, pytest.raises(OSError, match="in use"):
         sock.bind(("127.0.0.1", reservation.port))
     assert reservation.release() == reservation.port
     assert reservation.release() == reservation.port  # idempotent

@@ -84,6 +84,28 @@ def test_starts_in_order_and_stops_in_reverse(make_supervisor, events) -> None:
     assert not sup.state.pid_path.exists()
 
 
+def test_waits_for_the_mesh_to_converge(make_supervisor) -> None:
+    """start() returns only once the convergence probe agrees, asked about every proxy."""
+    asked: list[tuple[list[str], list[str]]] = []
+    apis: list[str] = []
+
+    def probe_for(api: str):
+        apis.append(api)
+
+        def probe(replicas, proxies) -> bool:
+            asked.append((list(replicas), list(proxies)))
+            return len(asked) >= 3
+
+        return probe
+
+    sup, _, _ = make_supervisor(MESH, converge=probe_for)
+    sup.start()
+    assert apis == [sup.api]
+    assert len(asked) == 3
+    replicas = ["web-0", "pricing-v1-0", "pricing-v2-0", "pricing-v2-1"]
+    assert asked[0] == (replicas, [*replicas, "web-publish"])
+
+
 def test_status_shape(make_supervisor) -> None:
     """status.json has the documented keys, addresses as host:port, and the published URL."""
     sup, _, _ = make_supervisor(MESH)

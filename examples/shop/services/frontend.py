@@ -18,7 +18,7 @@ from shoplib import REPLICA, CallError, get_json, serve
 
 def _price(product_id: int) -> dict[str, Any]:
     try:
-        body, headers = get_json(f"http://pricing/price/{product_id}")
+        body, _ = get_json(f"http://pricing/price/{product_id}")
     except CallError as exc:
         return {"error": str(exc)}
     if body.get("version") == "v2":
@@ -85,8 +85,8 @@ def page() -> str:
 {"".join(rows)}
 </table>
 <p>Pricing versions on this page: {html.escape(versions)}. Reload to see the traffic split.</p>
-<p><small>served by {html.escape(data["frontend"])}; JSON at <a href="/api/products">/api/products</a>
-</small></p></body></html>
+<p><small>served by {html.escape(data["frontend"])};
+JSON at <a href="/api/products">/api/products</a></small></p></body></html>
 """
 
 

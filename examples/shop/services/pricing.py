@@ -1,4 +1,4 @@
-"""Pricing, in two versions: v1 answers a number, v2 (the canary) a structured price with a discount.
+"""Pricing in two versions: v1 answers a number, v2 (the canary) a structured, discounted price.
 
 The version comes from PRICING_VERSION, which mesh.yaml sets per subset.
 """

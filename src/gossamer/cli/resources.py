@@ -56,9 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("get", help="list resources, or show one")
     p.add_argument("kind", nargs="?", help="Mesh, Service, HTTPRoute or DestinationPolicy")
     p.add_argument("name", nargs="?")
-    p.add_argument(
-        "-n", "--namespace", help="only this namespace (default: all; 'default' for one)"
-    )
+    p.add_argument("-n", "--namespace", help="the namespace (default: all; 'default' with a NAME)")
     p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
     _common(p)
     p.set_defaults(func=cmd_get)

@@ -10,6 +10,10 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# The control plane is on loopback: never send its API calls through an HTTP_PROXY (which
+# inside a mesh workload points at the sidecar).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class ApiError(Exception):
     """The control plane answered with an error, or could not be reached (`status` 0).
@@ -62,7 +66,7 @@ class ControlPlaneClient:
         if data is not None:
             req.add_header("content-type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _DIRECT.open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise _from_http_error(exc) from None
