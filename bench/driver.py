@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -131,7 +132,6 @@ class Bench:
         self.backend: Server | None = None
         self.backend_port = 0
         self.live: list[Server] = []
-        self.warnings: list[str] = []
         self.envoy = find_envoy()
         self.gossamer = shutil.which("gossamer", path=str(Path(sys.executable).parent)) or ""
         self._gossamer_error: str | None = None
@@ -435,6 +435,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "with --quick or --targets)",
     )
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rebuild the table and docs section from bench/results/latest.json",
+    )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (1 if args.quick else 10)
@@ -456,12 +461,42 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def render(args: argparse.Namespace) -> int:
+    """Rebuild the summary of a finished full run (e.g. after the page's format changed)."""
+    path = BENCH / "results/latest.json"
+    try:
+        doc = json.loads(path.read_text())
+        meta = doc["meta"]
+        targets = {t: doc[t] for t in summary.TARGETS}
+        failed = {
+            t: doc[t]["error"]
+            for t in summary.TARGETS
+            if doc[t].get("error") and meta["per_round"].get(t)
+        }
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"bench/run --render: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    meta["warnings"] = summary.warnings(meta["per_round"], failed, NOISE_LIMIT_PCT)
+    meta["ratios"] = summary.ratios(targets)
+    meta["goals"] = summary.goals(targets, meta["ratios"])
+    summary.write_json(path, doc)
+    print(summary.table(doc))
+    print()
+    print(summary.ratio_lines(doc))
+    if not args.no_docs:
+        summary.update_docs(REPO / "docs" / "benchmarks.md", summary.markdown_section(doc))
+        print("updated docs/benchmarks.md")
+    return 0
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        return render(args)
     # SIGINT too: a shell starts background jobs with it ignored, and Ctrl-C must still clean up.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
@@ -508,18 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t: summary.combine(per_round[t], errors.get(t) if not per_round[t] else None)
         for t in args.target_list
     }
-    warnings = []
-    for t, rounds in per_round.items():
-        for i, r in enumerate(rounds):
-            worst = max(r["noise_pct_c50"], r["noise_pct_c1"], r["steal_pct"])
-            if worst > NOISE_LIMIT_PCT:
-                warnings.append(
-                    f"{t} round {i + 1}: other processes or steal took {worst}% of a core"
-                )
-            if r["errors"]:
-                warnings.append(f"{t} round {i + 1}: {r['errors']} failed requests")
-        if t in errors and rounds:
-            warnings.append(f"{t}: a round failed: {errors[t]}")
+    failed = {t: msg for t, msg in errors.items() if per_round.get(t)}
+    warnings = summary.warnings(per_round, failed, NOISE_LIMIT_PCT)
     ratios = summary.ratios(targets)
     meta: dict[str, Any] = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),

@@ -105,6 +105,38 @@ def goals(targets: Mapping[str, Mapping[str, Any]], r: Mapping[str, Any]) -> lis
     return out
 
 
+def warnings(
+    per_round: Mapping[str, Sequence[Mapping[str, Any]]],
+    failed: Mapping[str, str],
+    noise_limit_pct: float,
+) -> list[str]:
+    """One line per target whose runs were disturbed, had failed requests, or lost a round.
+
+    Args:
+        per_round: target -> each round's raw figures (with noise_pct_c50/c1 and steal_pct).
+        failed: target -> why a round failed, for targets that still have other rounds.
+        noise_limit_pct: the share of a core other processes may take before a run is suspect.
+    """
+    out = []
+    for target, rounds in per_round.items():
+        noise = [
+            max(r.get("noise_pct_c50", 0.0), r.get("noise_pct_c1", 0.0), r.get("steal_pct", 0.0))
+            for r in rounds
+        ]
+        noisy = [n for n in noise if n > noise_limit_pct]
+        if noisy:
+            out.append(
+                f"{target}: in {len(noisy)} of {len(rounds)} rounds other processes or steal took "
+                f"more than {noise_limit_pct:g}% of a core ({min(noisy):g}-{max(noisy):g}%)"
+            )
+        bad = sum(int(r.get("errors") or 0) for r in rounds)
+        if bad:
+            out.append(f"{target}: {bad} failed requests")
+        if target in failed:
+            out.append(f"{target}: a round failed: {failed[target]}")
+    return out
+
+
 def document(targets: Mapping[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """latest.json: one top-level object per target (all six, always), plus "meta"."""
     doc: dict[str, Any] = {}

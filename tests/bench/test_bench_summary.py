@@ -134,3 +134,15 @@ def test_table_shows_why_a_target_was_not_measured() -> None:
     targets = dict(TARGETS, gossamer=summary.combine([], "gossamer exited | see log"))
     table = summary.table(summary.document(targets, meta()))
     assert "| gossamer | not measured: gossamer exited / see log |" in table
+
+
+def test_warnings_summarise_noise_failed_requests_and_lost_rounds() -> None:
+    quiet = {"noise_pct_c50": 2.0, "noise_pct_c1": 3.0, "steal_pct": 0.5, "errors": 0}
+    noisy = {"noise_pct_c50": 35.0, "noise_pct_c1": 12.5, "steal_pct": 1.0, "errors": 4}
+    per_round = {"direct": [quiet, quiet], "gossamer": [quiet, noisy, dict(noisy, steal_pct=60.0)]}
+    out = summary.warnings(per_round, {"gossamer": "wrk exited with 1"}, 10.0)
+    assert out == [
+        "gossamer: in 2 of 3 rounds other processes or steal took more than 10% of a core (35-60%)",
+        "gossamer: 8 failed requests",
+        "gossamer: a round failed: wrk exited with 1",
+    ]

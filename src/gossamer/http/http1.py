@@ -66,6 +66,7 @@ REASONS: dict[int, bytes] = {
 }
 # Status lines are built once per status and then reused.
 _STATUS_LINES: dict[int, bytes] = {s: b"HTTP/1.1 %d %s\r\n" % (s, r) for s, r in REASONS.items()}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _NO_CONTENT_LENGTH_STATUSES = frozenset({204, 304})
 _METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 
@@ -198,6 +199,8 @@ class RequestParser:
         name = name.lower()
         if name in CONSUMED:
             if name == b"connection":
+                if value.lower() in _PLAIN_CONNECTION:
+                    return  # llhttp already reads close / keep-alive for should_keep_alive()
                 tokens = connection_tokens(value)
                 if self._conn_tokens is None:
                     self._conn_tokens = tokens
@@ -358,23 +361,20 @@ class ResponseParser:
         self._interim = False
         self.in_message = True
 
-    def on_status(self, status: bytes) -> None:
-        self._head_size += len(status)
-
     def on_header(self, name: bytes, value: bytes) -> None:
+        # No per-field size accounting here (it is a hot path): a response head that spans
+        # reads is bounded in `feed`, and one read is bounded by the transport's read size.
         if not self._in_head:
             return
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._max_header_bytes:
-            raise ProtocolError(502, "upstream response head exceeds the limit")
         name = name.lower()
         if name in CONSUMED:
             if name == b"connection":
-                tokens = connection_tokens(value)
-                if self._conn_tokens is None:
-                    self._conn_tokens = tokens
-                else:
-                    self._conn_tokens.extend(tokens)
+                if value.lower() not in _PLAIN_CONNECTION:
+                    tokens = connection_tokens(value)
+                    if self._conn_tokens is None:
+                        self._conn_tokens = tokens
+                    else:
+                        self._conn_tokens.extend(tokens)
             elif name == b"content-length":
                 self._cl = _content_length(value)
                 self._cl_raw = value

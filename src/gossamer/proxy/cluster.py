@@ -66,6 +66,8 @@ class ClusterRuntime:
         self.spec = spec
         self.balancer: LoadBalancer = make_balancer(spec, self.rand, loop.time)
         self.hash_key: HashKeyExtractor | None = None
+        # Whether any route retries on this cluster; only then do requests feed the budget.
+        self.count_for_budget = True
         self._configure(spec)
         self._set_endpoints(spec)
 
@@ -80,6 +82,8 @@ class ClusterRuntime:
         self.budget = RetryBudget(rb.ratio, rb.min_per_second, rb.ttl, self.loop.time)
         lb = spec.load_balancer
         self.hash_key = HashKeyExtractor(lb.ring_hash) if lb.policy == "RING_HASH" else None
+        # Only these balancers read active requests and latency; others skip the bookkeeping.
+        self.track_load = lb.policy in ("LEAST_REQUEST", "PEAK_EWMA")
 
     def _set_endpoints(self, spec: snap.Cluster) -> None:
         states = reconcile(self.endpoints, spec.endpoints, self.loop.time)

@@ -11,10 +11,9 @@ and the keep-alive idle timeout, so an ordinary request costs no timer operation
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
-import os
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, cast
 
 from gossamer.http.errors import ProtocolError
 from gossamer.http.http1 import (
@@ -44,9 +43,12 @@ _NO_BACKEND = "no-backend"
 _INTERNAL_FLAG: str = getattr(flags, "INTERNAL_ERROR", flags.UPSTREAM_RESET)
 
 
+_ids = random.Random()  # seeded from os.urandom; ids need to be unique, not secret
+
+
 def new_request_id() -> bytes:
-    """A random 128-bit id in hex (as fast as it gets: one urandom read, one hexlify)."""
-    return binascii.hexlify(os.urandom(16))
+    """A random 128-bit id as 32 hex digits (no syscall per request, unlike os.urandom)."""
+    return b"%032x" % _ids.getrandbits(128)
 
 
 class DownstreamConnection(asyncio.Protocol):
@@ -56,6 +58,7 @@ class DownstreamConnection(asyncio.Protocol):
         "backlog",
         "client_ip",
         "closed",
+        "corked",
         "exchange",
         "head_started",
         "http10",
@@ -63,6 +66,7 @@ class DownstreamConnection(asyncio.Protocol):
         "keep_alive",
         "listener",
         "loop",
+        "out",
         "out_chunked",
         "parser",
         "read_paused",
@@ -86,6 +90,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.http10 = False
         self.out_chunked = False
+        # While corked (the upstream's bytes are being handled) writes collect in `out` and go
+        # out as one send: head and body of a small response in one segment, one syscall.
+        self.corked = False
+        self.out: list[bytes] = []
         self.req_done = True
         self.resp_done = True
         self.read_paused = 0
@@ -98,8 +106,8 @@ class DownstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode("ascii", "replace")
@@ -128,8 +136,11 @@ class DownstreamConnection(asyncio.Protocol):
             self.head_started = self.loop.time()
 
     def eof_received(self) -> bool:
-        # A client that half-closes after its request still gets the response.
-        return self.exchange is not None
+        # A client that half-closes after its request still gets the response, then we close.
+        if self.exchange is not None:
+            self.keep_alive = False
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -270,6 +281,7 @@ class DownstreamConnection(asyncio.Protocol):
             route,
             backend,
             listener.settings.retry_buffer_bytes,
+            listener.dataplane.deadlines,
         )
         self.exchange = exchange
         exchange.start()
@@ -300,12 +312,23 @@ class DownstreamConnection(asyncio.Protocol):
             keep = False
         self.out_chunked = body_length == BODY_CHUNKED
         self.keep_alive = keep
-        if self.transport is not None:
-            self.transport.write(serialize_response_head(head, body_length, keep))
+        data = serialize_response_head(head, body_length, keep)
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
 
     def send_response_body(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.corked:
+            if self.out_chunked:
+                self.out += (chunk_prefix(len(data)), data, CRLF)
+            else:
+                self.out.append(data)
+            return
         transport = self.transport
-        if transport is None or not data:
+        if transport is None:
             return
         if self.out_chunked:
             transport.writelines((chunk_prefix(len(data)), data, CRLF))
@@ -313,8 +336,11 @@ class DownstreamConnection(asyncio.Protocol):
             transport.write(data)
 
     def send_response_end(self) -> None:
-        if self.out_chunked and self.transport is not None:
-            self.transport.write(LAST_CHUNK)
+        if self.out_chunked:
+            if self.corked:
+                self.out.append(LAST_CHUNK)
+            elif self.transport is not None:
+                self.transport.write(LAST_CHUNK)
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -340,7 +366,9 @@ class DownstreamConnection(asyncio.Protocol):
             extra_headers=extra_headers,
             status=status,
         )
-        if self.transport is not None:
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None:
             self.transport.write(data)
         self.resp_done = True
         if self.req_done:
@@ -348,8 +376,22 @@ class DownstreamConnection(asyncio.Protocol):
         elif not keep:
             self._close()
 
+    def cork(self) -> None:
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+
     def abort_response(self) -> None:
         self.exchange = None
+        self.out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -432,6 +474,8 @@ class DownstreamConnection(asyncio.Protocol):
         return False
 
     def _close(self) -> None:
+        if self.out:
+            self.uncork()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gossamer import snapshot as snap
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
+from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.exchange import RulePlan
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
@@ -115,6 +116,7 @@ class DataPlane:
         self.draining = False
         self.drained: asyncio.Future[None] | None = None
         self.tables = Tables(None, RouteTable(), {}, {}, None)
+        self.deadlines = Deadlines(loop)
         self.inbound = Listener(self, "inbound")
         self.outbound = Listener(self, "outbound")
 
@@ -151,14 +153,17 @@ class DataPlane:
         except RouteCompileError as exc:
             raise SnapshotError(exc.reason) from None
         plans: dict[int, RulePlan] = {}
+        retried: set[str] = set()  # clusters some rule retries on: only they need the budget
         for vh in snapshot.virtual_hosts:
             for rule in vh.rules:
                 try:
-                    plans[id(rule)] = RulePlan(rule)
+                    plan = plans[id(rule)] = RulePlan(rule)
                 except ValueError as exc:
                     raise SnapshotError(
                         f"virtual host {vh.name!r}, rule {rule.name!r}: retry policy: {exc}"
                     ) from None
+                if plan.retry_on is not None and plan.attempts > 0:
+                    retried.update(b.cluster for b in rule.backends)
         specs: dict[str, snap.Cluster] = {}
         for spec in snapshot.clusters:
             if spec.name in specs:
@@ -186,6 +191,7 @@ class DataPlane:
                 )
             else:
                 runtime.update(spec)
+            runtime.count_for_budget = name in retried
             clusters[name] = runtime
         app = old.app
         if app_spec is None:
@@ -243,6 +249,7 @@ class DataPlane:
                             conn.transport.abort()
         for runtime in self.tables.clusters.values():
             runtime.close()
+        self.deadlines.close()
         if self.tables.app is not None:
             self.tables.app.close()
         for listener in (self.inbound, self.outbound):

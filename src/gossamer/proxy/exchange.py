@@ -31,6 +31,7 @@ from gossamer.http.http1 import (
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
 from gossamer.proxy.cluster import ClusterRuntime, Overflow
+from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ _FAILURE_FLAGS = {
     RESET: flags.UPSTREAM_RESET,
     TIMEOUT: flags.TIMEOUT,
 }
+_NEVER = float("inf")
 _BUDGET_HEADER = (b"x-gossamer-flags", flags.RETRY_BUDGET_EXHAUSTED.encode())
 
 
@@ -89,6 +91,8 @@ class Downstream(Protocol):
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None: ...
     def abort_response(self) -> None: ...
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
 
@@ -110,7 +114,8 @@ class Exchange:
         "budget_exhausted",
         "buffer_limit",
         "cluster",
-        "deadline_timer",
+        "deadline",
+        "deadlines",
         "down",
         "finished",
         "free_retry_used",
@@ -119,6 +124,7 @@ class Exchange:
         "loop",
         "plan",
         "pool",
+        "request_deadline",
         "request_done",
         "response_started",
         "retriable",
@@ -129,6 +135,7 @@ class Exchange:
         "status",
         "timer",
         "tried",
+        "try_deadline",
         "upstream",
         "upstream_read_paused",
         "waiting_pool",
@@ -145,6 +152,7 @@ class Exchange:
         route: RouteMatch | None,
         backend: Backend | None,
         buffer_limit: int,
+        deadlines: Deadlines,
     ) -> None:
         self.down = down
         self.loop = loop
@@ -175,17 +183,22 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.head_bytes = b""
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the backoff before a retry
+        # Timeouts are deadlines on the shared `Deadlines` timer, not a timer per request.
+        self.deadlines = deadlines
+        self.deadline = _NEVER
+        self.request_deadline = _NEVER
+        self.try_deadline = _NEVER
         self.upstream_read_paused = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.cluster.budget.record_request()
+        if self.cluster.count_for_budget:
+            self.cluster.budget.record_request()
         plan = self.plan
         if plan is not None and plan.request_timeout is not None:
-            self.deadline_timer = self.loop.call_later(plan.request_timeout, self._on_deadline)
+            self.request_deadline = self.started + plan.request_timeout
         self.head_bytes = serialize_request_head(self.head, self.body_length)
         self._try()
 
@@ -204,7 +217,9 @@ class Exchange:
         self.pool = pool
         plan = self.plan
         if plan is not None and plan.per_try_timeout is not None:
-            self.timer = self.loop.call_later(plan.per_try_timeout, self._on_try_timeout)
+            self.try_deadline = self.loop.time() + plan.per_try_timeout
+        if self.request_deadline != _NEVER or self.try_deadline != _NEVER:
+            self._watch()
         try:
             conn = cluster.acquire(self, pool)
         except Overflow:
@@ -234,9 +249,10 @@ class Exchange:
         self.upstream = conn
         self.reused = reused
         conn.start(self, self.head.method)
-        assert self.pool is not None
-        self.pool.endpoint.on_start()
-        self.attempt_started = self.loop.time()
+        if self.cluster.track_load:
+            assert self.pool is not None
+            self.pool.endpoint.on_start()
+            self.attempt_started = self.loop.time()
         transport = conn.transport
         assert transport is not None
         body = self.body
@@ -404,6 +420,8 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.try_deadline = _NEVER
+        self._watch()  # the request's own deadline still runs through the backoff
         if self._retry(outcome):
             return
         if self.budget_exhausted:
@@ -435,18 +453,33 @@ class Exchange:
         self.timer = self.loop.call_later(delay, self._try)
         return True
 
-    def _on_try_timeout(self) -> None:
-        self.timer = None
+    def _watch(self) -> None:
+        deadline = min(self.request_deadline, self.try_deadline)
+        if deadline == _NEVER:
+            self.deadlines.discard(self)
+        else:
+            self.deadline = deadline
+            self.deadlines.add(self)
+
+    def on_deadline(self) -> None:
+        """Called by `Deadlines` once `deadline` has passed."""
         if self.finished or self.response_started:
             return
+        now = self.loop.time()
+        if self.request_deadline <= now:
+            self._on_deadline()
+        elif self.try_deadline <= now:
+            self._on_try_timeout()
+        else:
+            self._watch()
+
+    def _on_try_timeout(self) -> None:
+        self.try_deadline = _NEVER
         address = self.pool.endpoint.address if self.pool is not None else "?"
         self._abandon_try()
         self._fail_try(TIMEOUT, f"no response from {address} within the per-try timeout")
 
     def _on_deadline(self) -> None:
-        self.deadline_timer = None
-        if self.finished or self.response_started:
-            return
         self._abandon_try()
         self._local(flags.TIMEOUT, "no response within the request timeout")
 
@@ -471,9 +504,9 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.deadline_timer is not None:
-            self.deadline_timer.cancel()
-            self.deadline_timer = None
+        if self.deadline != _NEVER:
+            self.deadline = _NEVER
+            self.deadlines.discard(self)
 
     def _local(self, flag: str, message: str) -> None:
         self.finished = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gossamer.http.errors import ProtocolError
 from gossamer.http.http1 import ResponseParser
@@ -63,8 +63,8 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.exchange is None and not self.discarding:
@@ -72,10 +72,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_response_bytes = True
+        exchange = self.exchange
+        down = exchange.down if exchange is not None else None
+        if down is not None:
+            down.cork()
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
             self._fail(RESET, exc.reason)
+        except Exception:
+            log.exception(
+                "unexpected error handling a response from %s", self.pool.endpoint.address
+            )
+            self._fail(RESET, "internal error in the proxy while reading the response")
+        finally:
+            if down is not None:
+                down.uncork()
 
     def eof_received(self) -> bool:
         if self.exchange is not None or self.discarding:
