@@ -50,7 +50,9 @@ def small_translate(
 
 
 def registration(proxy_id: str, svc: str = "pricing") -> Registration:
-    return Registration(proxy_id=proxy_id, service=svc, inbound="127.0.0.1:5000", ready=True)
+    return Registration(
+        proxy_id=proxy_id, service=svc, inbound="127.0.0.1:5000", app_port=8000, ready=True
+    )
 
 
 class World:
