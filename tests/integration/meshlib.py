@@ -179,7 +179,7 @@ class Load:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             with self._lock:
                 if len(self.results) + len(self.failures) >= self.max_requests:
-                    return
+                    break
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -214,7 +214,12 @@ class Load:
         with self._lock:
             return len(self.results)
 
+    def wait_total(self, n: int, deadline: float = 30.0) -> None:
+        """Wait until `n` answers in all arrived (for loads bounded by `max_requests`)."""
+        wait_for(f"{n} answers through {self.address}", lambda: self.count() >= n, deadline)
+
     def wait_count(self, n: int, deadline: float = 30.0) -> None:
+        """Wait for `n` more answers than so far."""
         target = self.count() + n
         wait_for(
             f"{n} more answers through {self.address}", lambda: self.count() >= target, deadline

@@ -163,7 +163,7 @@ def test_a_request_crosses_the_mesh_through_two_sidecars(mesh: Mesh) -> None:
 
     # Straight through the frontend's sidecar to catalog: outbound -> catalog's inbound -> catalog.
     load = Load(outbound_of(mesh), "catalog", "/products", workers=1, max_requests=30).start()
-    load.wait_count(30)
+    load.wait_total(30)
     load.stop()
     assert load.failures == []
 
@@ -241,7 +241,7 @@ def test_control_plane_restart_keeps_traffic_flowing_and_state_intact(mesh: Mesh
     mesh.api("POST", "/v1/apply", {"resources": [pricing_route(100, 0)]})
     wait_for("every proxy to ACK after the restart", mesh.all_acked, deadline=30)
     load = Load(outbound_of(mesh), "pricing", "/price/3", workers=1, max_requests=50).start()
-    load.wait_count(50)
+    load.wait_total(50)
     load.stop()
     assert load.failures == []
     assert {v for _, _, v in load.results} == {"v1"}
