@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from test_agent_fakes import make_snapshot
 
-from gossamer.proxy.cache import CACHE_FILE, CacheError, SnapshotCache, write_atomically
+from gossamer.files import write_atomically
+from gossamer.proxy.cache import CACHE_FILE, CacheError, SnapshotCache
 
 
 def test_round_trip(tmp_path: Path) -> None:

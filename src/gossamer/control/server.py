@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from gossamer.control.registry import Registry
 from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
+from gossamer.files import write_atomically
 
 log = logging.getLogger("gossamer.control")
 
@@ -94,18 +94,8 @@ class ControlPlane:
 
 
 def write_ready_file(path: str | Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside `path`, then rename it, so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Announce where the control plane serves, atomically (the runtime polls this file)."""
+    write_atomically(Path(path), json.dumps(data).encode(), fsync=False)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import msgspec
 
 from gossamer import snapshot as snapshot_mod
+from gossamer.files import write_atomically
 from gossamer.snapshot import Snapshot
 
 CACHE_FILE = "last-snapshot.json"
@@ -17,22 +16,6 @@ CACHE_FILE = "last-snapshot.json"
 
 class CacheError(Exception):
     """The cache file exists but cannot be used; the message names the file and the problem."""
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, then rename: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class SnapshotCache:

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import msgspec
 
 from gossamer import snapshot as snapshot_mod
+from gossamer.files import write_atomically
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.agent import Agent, AgentMetrics, Registration, SnapshotHolder
-from gossamer.proxy.cache import CacheError, SnapshotCache, write_atomically
+from gossamer.proxy.cache import CacheError, SnapshotCache
 from gossamer.proxy.dataplane import BoundAddresses, DataPlane, ProxySettings
 from gossamer.proxy.readiness import ReadinessProbe
 from gossamer.snapshot import Snapshot

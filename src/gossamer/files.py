@@ -1,0 +1,30 @@
+"""Writing files that other processes read while we write them (ready files, status, caches)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to a temp file beside `path`, then rename it: readers never see half a file.
+
+    Args:
+        fsync: flush to disk before the rename, for files that must survive a crash (caches);
+            files only read by live processes (ready files, status) can skip it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
