@@ -34,10 +34,13 @@ def status_doc(state: StateDir, ready_admin: str, dead_admin: str) -> dict:
             "outbound": "127.0.0.1:1002",
             "admin": admin,
             "app": "127.0.0.1:1003",
+            "restarts": 2 if subset == "v2" else 0,
+            "proxyRestarts": 1 if subset == "v2" else 0,
         }
 
     return {
         "controlPlane": "http://127.0.0.1:4000",
+        "controlPlaneRestarts": 1,
         "stateDir": str(state.root),
         "file": "/shop/mesh.yaml",
         "state": "ready",
@@ -68,17 +71,20 @@ def test_status_table_checks_readiness_live(admin, tmp_path, capsys) -> None:
     code, out, _ = run(capsys, "status", "--state-dir", str(state.root))
     assert code == 0
     pid = os.getpid()
+    width = max(len("ADMIN"), len(admin.address), len(dead))
     assert out.splitlines() == [
-        f"control plane: http://127.0.0.1:4000   state dir: {state.root}",
+        f"control plane: http://127.0.0.1:4000 (restarts: 1)   state dir: {state.root}",
         "published: frontend -> http://127.0.0.1:5000",
         "",
         "SERVICE   REPLICA        SUBSET   READY   PID"
         + " " * (len(str(pid)) - 3)
-        + "   APP              INBOUND          OUTBOUND         ADMIN",
+        + "   APP              INBOUND          OUTBOUND         "
+        + "ADMIN".ljust(width)
+        + "   RESTARTS",
         f"pricing   pricing-v1-0   v1       yes     {pid}   127.0.0.1:1003   127.0.0.1:1001"
-        f"   127.0.0.1:1002   {admin.address}",
+        f"   127.0.0.1:1002   {admin.address.ljust(width)}   0/0",
         f"pricing   pricing-v2-0   v2       no      {pid}   127.0.0.1:1003   127.0.0.1:1001"
-        f"   127.0.0.1:1002   {dead}",
+        f"   127.0.0.1:1002   {dead.ljust(width)}   2/1",
     ]
 
 

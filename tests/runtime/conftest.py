@@ -79,6 +79,8 @@ def make_supervisor(
             stop_timeout=opts.pop("stop_timeout", 5.0),
         )
         converge = opts.pop("converge", None)
+        for key, value in opts.items():  # e.g. restart_delay
+            setattr(options, key, value)
         sup = Supervisor(plan_from(yaml, tmp_path), options, LogMux(out), apply, converge)
         made.append(sup)
         return sup, out, applied

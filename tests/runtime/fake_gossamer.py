@@ -71,8 +71,13 @@ def main() -> int:
             def log_message(self, *a: object) -> None:
                 pass
 
-        server = serve(Api)
+        host, _, port = (args.listen or "127.0.0.1:0").rpartition(":")
         name = "control-plane"
+        try:
+            server = serve(Api, host, int(port))
+        except OSError as exc:
+            print(f"{name}: cannot serve on {args.listen}: {exc.strerror}", flush=True)
+            return 1
         ready = {"api": f"http://{addr(server)}", "pid": os.getpid()}
     else:
         for flag in ("--service", "--namespace", "--proxy-id", "--control-plane", "--subset"):
@@ -80,7 +85,8 @@ def main() -> int:
         p.add_argument("--app-port", type=int)
         p.add_argument("--label", action="append", default=[])
         p.add_argument("--readiness-path")
-        p.add_argument("--outbound", default="127.0.0.1:0")
+        for flag in ("--inbound", "--outbound", "--admin"):
+            p.add_argument(flag, default="127.0.0.1:0")
         p.add_argument("--default-host")
         args = p.parse_args(sys.argv[2:])
         # Named like the runtime's log prefixes: "web-0.proxy" beside app "web-0".
@@ -108,10 +114,17 @@ def main() -> int:
             def log_message(self, *a: object) -> None:
                 pass
 
-        host, _, port = args.outbound.rpartition(":")
-        inbound = serve(Admin)  # stands in for the inbound listener: only its address matters
-        outbound = serve(Admin, host, int(port))
-        admin = serve(Admin)
+        def bind(address: str) -> ThreadingHTTPServer:
+            host, _, port = address.rpartition(":")
+            return serve(Admin, host, int(port))
+
+        try:
+            inbound = bind(args.inbound)  # stands in for the inbound listener: its address matters
+            outbound = bind(args.outbound)
+            admin = bind(args.admin)
+        except OSError as exc:
+            print(f"{name}: cannot bind: {exc.strerror}", flush=True)
+            return 1
         ready = {
             "proxyId": name,
             "inbound": addr(inbound),

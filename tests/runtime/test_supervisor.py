@@ -243,7 +243,9 @@ kind: Service
 metadata: {{name: solo}}
 spec:
   command: {FAKE_APP}
-"""
+""",
+        restart_delay=30.0,  # keep it down while the report is checked
+        restart_max_delay=30.0,
     )
     sup.start()
     pid = sup.status()["services"]["solo"][0]["pid"]
@@ -254,7 +256,7 @@ spec:
         what="the crash report",
     )
     text = out.getvalue()
-    assert "workload solo-0 exited unexpectedly (exit status -9)" in text
+    assert "workload solo-0 exited unexpectedly (killed by SIGKILL); restarting in 30s" in text
     assert "solo-0 listening on" in text  # its last lines
     status = json.loads(sup.state.status_path.read_text())
     assert status["services"]["solo"][0]["ready"] is False

@@ -254,13 +254,17 @@ def format_status(status: dict[str, Any]) -> str:
     """`gossamer status` as a table, one row per replica."""
     from gossamer.cli.resources import render_table
 
-    out = [f"control plane: {status.get('controlPlane')}   state dir: {status.get('stateDir')}"]
+    restarts = status.get("controlPlaneRestarts", 0)
+    out = [
+        f"control plane: {status.get('controlPlane')} (restarts: {restarts})   "
+        f"state dir: {status.get('stateDir')}"
+    ]
     for name, url in sorted(status.get("published", {}).items()):
         out.append(f"published: {name} -> {url}")
     rows = []
     for name, replicas in sorted(status.get("services", {}).items()):
         if not replicas:
-            rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", "-"])
         for r in replicas:
             rows.append(
                 [
@@ -273,12 +277,25 @@ def format_status(status: dict[str, Any]) -> str:
                     r.get("inbound") or "-",
                     r.get("outbound") or "-",
                     r.get("admin") or "-",
+                    # The workload's restarts, then its sidecar's.
+                    f"{r.get('restarts', 0)}/{r.get('proxyRestarts', 0)}",
                 ]
             )
     out.append("")
     out.append(
         render_table(
-            ["SERVICE", "REPLICA", "SUBSET", "READY", "PID", "APP", "INBOUND", "OUTBOUND", "ADMIN"],
+            [
+                "SERVICE",
+                "REPLICA",
+                "SUBSET",
+                "READY",
+                "PID",
+                "APP",
+                "INBOUND",
+                "OUTBOUND",
+                "ADMIN",
+                "RESTARTS",
+            ],
             rows,
         )
     )

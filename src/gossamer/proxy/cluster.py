@@ -9,6 +9,10 @@ cluster; a request that finds no idle connection and no free slot waits in `pend
 `max_pending_requests`, else it is refused with the `overflow` flag). A released connection goes to
 the first waiter: directly when the waiter chose the same endpoint, else it is closed and its slot
 used to connect to the waiter's endpoint.
+
+Fail-fast (proxy/failfast.py): an endpoint that cannot be reached is out of the balancer for a
+backoff. Panic rule (Envoy's panic threshold): when the balancer has nothing available, a pick
+falls back to every healthy endpoint, so a blip that marked them all does not blackhole the cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from gossamer import snapshot as snap
+from gossamer.proxy.failfast import FailFast, ejections_counter
 from gossamer.proxy.loadbalance import (
     EndpointState,
     HashKeyExtractor,
@@ -65,6 +70,7 @@ class ClusterRuntime:
         self.endpoints: list[EndpointState] = []
         self.spec = spec
         self.balancer: LoadBalancer = make_balancer(spec, self.rand, loop.time)
+        self.failfast = FailFast(loop.time, self.rand, ejections_counter(metrics).labels(spec.name))
         self.hash_key: HashKeyExtractor | None = None
         # Whether any route retries on this cluster; only then do requests feed the budget.
         self.count_for_budget = True
@@ -124,10 +130,14 @@ class ClusterRuntime:
 
     def pick(self, head: RequestHead, tried: list[EndpointPool] | None) -> EndpointPool | None:
         """An endpoint for a try; a retry avoids endpoints already tried while others are up."""
+        if self.failfast.marked:
+            self.failfast.expire()
         key = self.hash_key(head) if self.hash_key is not None else None
         state = self.balancer.pick(key)
         if state is None:
-            return None
+            state = self._panic_pick(tried)
+            if state is None:
+                return None
         if tried:
             tried_states = [p.endpoint for p in tried]
             if state in tried_states:
@@ -139,6 +149,18 @@ class ClusterRuntime:
                 if untried:
                     state = untried[int(self.rand.random() * len(untried))]
         return self.pools[state.address]
+
+    def _panic_pick(self, tried: list[EndpointPool] | None) -> EndpointState | None:
+        """Nothing is available: any healthy endpoint, preferring ones not tried yet."""
+        healthy = [e for e in self.endpoints if e.healthy and e.weight > 0]
+        if tried and len(healthy) > 1:
+            tried_states = [p.endpoint for p in tried]
+            untried = [e for e in healthy if e not in tried_states]
+            if untried:
+                healthy = untried
+        if not healthy:
+            return None
+        return healthy[int(self.rand.random() * len(healthy))]
 
     def acquire(self, exchange: Exchange, pool: EndpointPool) -> UpstreamConnection | None:
         """A connection to `pool`'s endpoint now, or None when one is coming (the exchange is

@@ -13,6 +13,16 @@ budget has a token; after `backoff()` with full jitter. A connection taken from 
 out to be dead (closed by the peer before any response byte) is retried once at once, off budget:
 the request never reached the upstream. Timeouts cover a try until its response head arrives, so a
 long streamed body is not cut.
+
+Held responses: while a reset could still be retried (attempts left, body buffered, retryOn names
+`reset`), a response with a Content-Length of at most `HOLD_LIMIT` is held until its body is
+complete, so an upstream that dies between head and body costs a retry, not a truncated response.
+A chunked one is held only while it arrives in one read (it may be a stream whose next chunk comes
+much later) and up to `HOLD_LIMIT`. Head and body in one read (the common case) pass straight
+through: the head and the body chunk are only kept in slots until the end of the read.
+
+A 503 from a peer sidecar flagged `connect-failure` / `no-healthy-endpoint` means that endpoint
+cannot serve: it is taken out of the balancer like one that refused the connection (failfast.py).
 """
 
 from __future__ import annotations
@@ -28,10 +38,11 @@ from gossamer.http.http1 import (
     chunk_prefix,
     serialize_request_head,
 )
-from gossamer.http.message import RequestHead, ResponseHead
+from gossamer.http.message import RequestHead, ResponseHead, header_get
 from gossamer.proxy import flags
 from gossamer.proxy.cluster import ClusterRuntime, Overflow
 from gossamer.proxy.deadlines import Deadlines
+from gossamer.proxy.failfast import UNSERVING_FLAGS
 from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
 
 if TYPE_CHECKING:
@@ -45,6 +56,9 @@ _FAILURE_FLAGS = {
 }
 _NEVER = float("inf")
 _BUDGET_HEADER = (b"x-gossamer-flags", flags.RETRY_BUDGET_EXHAUSTED.encode())
+_FLAGS_HEADER = b"x-gossamer-flags"
+HOLD_LIMIT = 65536
+"""The largest response body held back while a reset could still be retried."""
 
 
 class RulePlan:
@@ -57,12 +71,14 @@ class RulePlan:
         "per_try_timeout",
         "request_timeout",
         "retry_on",
+        "retry_reset",
     )
 
     def __init__(self, rule: snap.RouteRule) -> None:
         """Raises ValueError for a retry policy that cannot be applied."""
         policy = rule.retry
         self.retry_on = RetryOn(policy) if policy is not None and policy.retry_on else None
+        self.retry_reset = self.retry_on is not None and self.retry_on.should_retry(RESET)
         self.attempts = max(0, policy.attempts) if policy is not None else 0
         self.backoff_base = policy.backoff.base_interval if policy is not None else 0.025
         self.backoff_max = policy.backoff.max_interval if policy is not None else 0.25
@@ -121,6 +137,10 @@ class Exchange:
         "free_retry_used",
         "head",
         "head_bytes",
+        "held_body",
+        "held_head",
+        "held_length",
+        "held_size",
         "loop",
         "plan",
         "pool",
@@ -183,6 +203,11 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.head_bytes = b""
+        # A response head held back until its body is complete (see the module docstring).
+        self.held_head: ResponseHead | None = None
+        self.held_length = 0
+        self.held_body: bytes | list[bytes] | None = None
+        self.held_size = 0
         self.timer: asyncio.TimerHandle | None = None  # the backoff before a retry
         # Timeouts are deadlines on the shared `Deadlines` timer, not a timer per request.
         self.deadlines = deadlines
@@ -346,6 +371,13 @@ class Exchange:
         if conn is not self.upstream or self.finished:
             return
         status = head.status
+        pool = self.pool
+        if pool is not None:
+            endpoint = pool.endpoint
+            if status == 503 and header_get(head.headers, _FLAGS_HEADER) in UNSERVING_FLAGS:
+                self.cluster.failfast.on_unreachable(endpoint)
+            elif endpoint.connect_failures:
+                self.cluster.failfast.on_success(endpoint)
         plan = self.plan
         if (
             plan is not None
@@ -358,8 +390,22 @@ class Exchange:
             conn.detach(discard=True)
             self.down.resume_reading(READ_UPSTREAM_FULL)
             return
+        if (
+            plan is not None
+            and plan.retry_reset
+            and self.retries < plan.attempts
+            and self.retriable
+            and (0 < body_length <= HOLD_LIMIT or body_length == BODY_CHUNKED)
+        ):
+            self.held_head = head
+            self.held_length = body_length
+            self._cancel_timers()
+            return
+        self._forward_head(head, body_length)
+
+    def _forward_head(self, head: ResponseHead, body_length: int) -> None:
         self.response_started = True
-        self.status = status
+        self.status = head.status
         self._cancel_timers()
         if self.backend is not None:
             self.backend.apply_response(head)
@@ -370,9 +416,49 @@ class Exchange:
         self.down.send_response_head(head, body_length)
 
     def on_response_body(self, data: bytes) -> None:
-        self.down.send_response_body(data)
+        if self.held_head is None:
+            self.down.send_response_body(data)
+            return
+        held = self.held_body
+        if held is None:
+            self.held_body = data
+        elif isinstance(held, list):
+            held.append(data)
+        else:
+            self.held_body = [held, data]
+        self.held_size += len(data)
+        if self.held_size > HOLD_LIMIT:
+            self._flush_held()
+
+    def on_read_end(self) -> None:
+        """The upstream's read ended with a response still held: a chunked one goes out now."""
+        if self.held_length == BODY_CHUNKED:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        head = self.held_head
+        if head is None:
+            return
+        self.held_head = None
+        self._forward_head(head, self.held_length)
+        body = self.held_body
+        if body is not None:
+            self.held_body = None
+            self.held_size = 0
+            if isinstance(body, list):
+                for data in body:
+                    self.down.send_response_body(data)
+            else:
+                self.down.send_response_body(body)
+
+    def _drop_held(self) -> None:
+        self.held_head = None
+        self.held_body = None
+        self.held_size = 0
 
     def on_response_end(self) -> None:
+        if self.held_head is not None:
+            self._flush_held()
         conn = self.upstream
         self.upstream = None
         self.finished = True
@@ -390,6 +476,8 @@ class Exchange:
         self.upstream = None
         self._end_attempt(False)
         self.down.resume_reading(READ_UPSTREAM_FULL)
+        if self.held_head is not None:
+            self._drop_held()  # nothing went downstream: the try is retried like any reset
         if self.response_started:
             # Part of the response went out: the client can only learn of it by a cut connection.
             self.finished = True
@@ -484,6 +572,8 @@ class Exchange:
         self._local(flags.TIMEOUT, "no response within the request timeout")
 
     def _abandon_try(self) -> None:
+        if self.held_head is not None:
+            self._drop_held()
         conn = self.upstream
         if conn is not None:
             self.upstream = None

@@ -78,6 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
             down.cork()
         try:
             self.parser.feed(data)
+            if exchange is not None and exchange.held_head is not None:
+                exchange.on_read_end()
         except ProtocolError as exc:
             self._fail(RESET, exc.reason)
         except Exception:
@@ -254,6 +256,8 @@ class EndpointPool:
             self.connecting -= 1
             cluster.on_connection_gone(self)
             reason = "connect timeout" if isinstance(exc, TimeoutError) else str(exc)
+            # Refused, unreachable or timed out: later requests go elsewhere for a backoff.
+            cluster.failfast.on_unreachable(ep)
             exchange.on_connect_failure(self, f"connecting to {ep.address}: {reason}")
             return
         except Exception:

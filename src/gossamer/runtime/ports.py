@@ -48,3 +48,19 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"{address!r} is not a host:port address")
     return host, int(port)
+
+
+def address_free(address: str) -> bool:
+    """Whether a server could listen on `address` ("host:port") now.
+
+    SO_REUSEADDR as servers set it: a port held only by connections in TIME_WAIT counts as free,
+    one another process listens on does not.
+    """
+    host, port = split_address(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

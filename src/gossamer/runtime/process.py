@@ -27,6 +27,7 @@ class Child:
     cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     stopping: bool = False
+    restarts: int = 0
     _exited: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -47,6 +48,9 @@ class Child:
             OSError: the command could not be started (not found, not executable, bad cwd).
         """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A fresh event per run: a restarted child must not look exited from its previous run.
+        exited = threading.Event()
+        self._exited = exited
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -60,11 +64,23 @@ class Child:
 
         def eof() -> None:
             proc.wait()
-            self._exited.set()
+            exited.set()
             on_exit(self)
 
         assert proc.stdout is not None
         mux.pump(self.name, proc.stdout, self.log_path, on_eof=eof)
+
+    def exit_reason(self) -> str:
+        """How the last run ended: "exit status 3" or "killed by SIGKILL"."""
+        code = self.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the child's whole process group (the group outlives its leader)."""

@@ -6,11 +6,17 @@ the sidecars' /ready, which includes the app's probe) with one overall deadline.
 workloads, sidecars, control plane; each stage is asked to stop (proxies through /quitquitquit, the
 rest by SIGTERM) and SIGKILLed at its deadline, and every process group is killed at the end so that
 nothing of the mesh outlives it.
+
+Once ready, a child that exits unexpectedly is restarted, like `restart: unless-stopped`, with
+exponential backoff and on the same addresses (the control plane on its URL and store, a sidecar on
+its three listeners and cached snapshot, a workload with the same PORT and env): the others know
+those addresses and keep them. Nothing is restarted once stopping has begun.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -22,7 +28,7 @@ from typing import Any
 
 from gossamer.runtime.logs import LogMux
 from gossamer.runtime.plan import Plan, PublishPlan, ReplicaPlan
-from gossamer.runtime.ports import PortReservation
+from gossamer.runtime.ports import PortReservation, address_free
 from gossamer.runtime.process import Child, stop_all
 from gossamer.runtime.readiness import (
     Aborted,
@@ -67,6 +73,11 @@ class RuntimeOptions:
     stop_timeout: float = 5.0
     clock: Callable[[], float] = time.monotonic
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Restart backoff: the first delay, doubling up to the cap; a child that ran `restart_reset`
+    # seconds before it died starts again from the first delay.
+    restart_delay: float = 0.2
+    restart_max_delay: float = 10.0
+    restart_reset: float = 30.0
 
 
 @dataclass
@@ -165,6 +176,22 @@ def sidecar_argv(
     return argv
 
 
+def pin_flag(argv: list[str], flag: str, value: str) -> None:
+    """Set `flag` to `value` in `argv`, replacing its value if present, else appending both."""
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+
+
+def _what(child: Child) -> str:
+    if child.kind == "control-plane":
+        return "control plane"
+    if child.kind == "publish":
+        return f"published proxy {child.name}"
+    return f"{child.kind} {child.name}"
+
+
 def publish_argv(
     gossamer: list[str], pub: PublishPlan, control_plane: str, ready: Path, state_dir: Path
 ) -> list[str]:
@@ -215,6 +242,9 @@ class Supervisor:
         self.publishers: list[PublisherState] = []
         self._lock = threading.RLock()
         self._env = base_env(options.run_id)
+        # Per child name: when its current run started, and its failures in a row (backoff).
+        self._started_at: dict[str, float] = {}
+        self._streak: dict[str, int] = {}
         mux.add_names(plan.process_names())
 
     # --- start ----------------------------------------------------------------------------------
@@ -267,6 +297,8 @@ class Supervisor:
         self._launch(cp)
         info = self._wait_file(cp, deadline, "the control plane")
         self.api = str(info["api"])
+        # A restart listens where the proxies already look for it.
+        pin_flag(cp.argv, "--listen", self.api.removeprefix("http://").rstrip("/"))
         self.mux.say(f"control plane ready at {self.api}")
         try:
             self._apply(self.api, self.plan.resources)
@@ -293,6 +325,7 @@ class Supervisor:
             self._launch(sidecar)
         for rs in self.replicas:
             rs.addresses = self._wait_file(rs.sidecar, deadline, f"sidecar {rs.sidecar.name}")
+            self._pin_listeners(rs.sidecar, rs.addresses)
 
         for rs in self.replicas:
             rp = rs.plan
@@ -324,6 +357,7 @@ class Supervisor:
             self._launch(proxy)
         for ps in self.publishers:
             ps.addresses = self._wait_file(ps.proxy, deadline, f"published proxy {ps.proxy.name}")
+            self._pin_listeners(ps.proxy, ps.addresses)
 
         for rs in self.replicas:
             self._wait_ready(rs, deadline)
@@ -338,10 +372,18 @@ class Supervisor:
             self.phase = "ready"
         self._write_status()
 
+    @staticmethod
+    def _pin_listeners(proxy: Child, addresses: dict[str, Any]) -> None:
+        """Make a restart of `proxy` bind the listeners it has now (its peers know them)."""
+        for key in ("inbound", "outbound", "admin"):
+            if addresses.get(key):
+                pin_flag(proxy.argv, f"--{key}", str(addresses[key]))
+
     def _launch(self, child: Child) -> None:
         if self.stop_event.is_set():
             raise Aborted(child.name)
         try:
+            self._started_at[child.name] = self.options.clock()
             child.start(self.mux, self._on_exit)
         except OSError as exc:
             what = "workload" if child.kind == "workload" else child.kind
@@ -429,23 +471,162 @@ class Supervisor:
     # --- running --------------------------------------------------------------------------------
 
     def _on_exit(self, child: Child) -> None:
+        """A child's output ended: after start-up, report it and restart it with backoff."""
+        opts = self.options
         with self._lock:
             if child.stopping or self.phase != "ready":
                 return  # stopping, or start() reports it
-            for rs in self.replicas:
-                if child in (rs.sidecar, rs.workload):
-                    rs.ready = False
-            for ps in self.publishers:
-                if child is ps.proxy:
-                    ps.ready = False
+            self._set_ready(child, False)
+            ran = opts.clock() - self._started_at.get(child.name, opts.clock())
+            if ran >= opts.restart_reset:
+                self._streak[child.name] = 0
+            delay = self._next_delay(child)
+        # Whatever the leader left behind in its group could hold its ports.
+        child.signal_group(signal.SIGKILL)
         lines = self.mux.tail(child.name)[-10:]
         self.mux.say(
-            f"{child.kind} {child.name} exited unexpectedly (exit status {child.returncode}); "
-            f"its log: {child.log_path}" + ("; last lines:" if lines else "")
+            f"{_what(child)} exited unexpectedly ({child.exit_reason()}); "
+            f"restarting in {delay:g}s (restart {child.restarts + 1}); its log: {child.log_path}"
+            + ("; last lines:" if lines else "")
         )
         for line in lines:
             self.mux.say(f"    {line}")
         self._write_status()
+        self._restart(child, delay)
+
+    def _next_delay(self, child: Child) -> float:
+        opts = self.options
+        streak = self._streak.get(child.name, 0)
+        self._streak[child.name] = streak + 1
+        return float(min(opts.restart_delay * 2 ** min(streak, 30), opts.restart_max_delay))
+
+    def _restart(self, child: Child, delay: float) -> None:
+        """Start `child` again after `delay`, retrying with backoff while its addresses are taken.
+
+        Runs in the dead child's log thread; gives up as soon as stopping begins.
+        """
+        while True:
+            if self.stop_event.wait(delay):
+                return
+            taken = [a for a in self._addresses_of(child) if not address_free(a)]
+            error = ""
+            with self._lock:
+                if child.stopping or self.phase != "ready":
+                    return
+                if not taken:
+                    ready = self._ready_file_of(child)
+                    if ready is not None:
+                        ready.unlink(missing_ok=True)
+                    try:
+                        self._started_at[child.name] = self.options.clock()
+                        child.start(self.mux, self._on_exit)
+                    except OSError as exc:
+                        error = f"cannot start it ({' '.join(child.argv)}): {exc.strerror or exc}"
+                    else:
+                        child.restarts += 1
+                if not error and not taken:
+                    break
+                delay = self._next_delay(child)
+            if taken:
+                error = (
+                    f"{', '.join(taken)} {'is' if len(taken) == 1 else 'are'} taken by another "
+                    "process and it must come back on the same address"
+                )
+            self.mux.say(
+                f"cannot restart {_what(child)}: {error}; retrying in {delay:g}s "
+                f"(restart {child.restarts + 1})"
+            )
+        self.mux.say(f"restarted {_what(child)} (pid {child.pid}, restart {child.restarts})")
+        self._write_status()
+        self._watch_ready(child, child.proc)
+
+    def _addresses_of(self, child: Child) -> list[str]:
+        """Where `child` listens: the addresses a restart must get back."""
+        if child is self.control_plane and self.api:
+            return [self.api.removeprefix("http://").rstrip("/")]
+        for rs in self.replicas:
+            if child is rs.workload:
+                return [f"127.0.0.1:{rs.app_port.port}"]
+            if child is rs.sidecar:
+                return [str(rs.addresses[k]) for k in ("inbound", "outbound", "admin")]
+        for ps in self.publishers:
+            if child is ps.proxy:
+                keys = ("inbound", "outbound", "admin")
+                return [str(ps.addresses[k]) for k in keys if ps.addresses.get(k)]
+        return []
+
+    def _ready_file_of(self, child: Child) -> Path | None:
+        return None if child.kind == "workload" else self.state.ready_file(child.name)
+
+    def _set_ready(self, child: Child, ready: bool) -> None:
+        for rs in self.replicas:
+            if child in (rs.sidecar, rs.workload):
+                rs.ready = ready
+        for ps in self.publishers:
+            if child is ps.proxy:
+                ps.ready = ready
+
+    def _watch_ready(self, child: Child, proc: Any) -> None:
+        """Wait for a restarted child to be ready again; then say so and mark it ready."""
+
+        def check() -> None:
+            if child.proc is not proc or not child.alive():
+                raise Aborted(child.name)  # died again: its own exit handler takes over
+
+        deadline = self.options.clock() + self.options.start_timeout
+        try:
+            if child is self.control_plane:
+                info = self._wait_restarted(child, deadline, check)
+                api = str(info.get("api"))
+                if api != self.api:
+                    self.mux.say(f"control plane came back at {api}, not at {self.api}")
+                else:
+                    self.mux.say(f"control plane back at {api}")
+                return
+            sidecar = next(
+                (rs.sidecar for rs in self.replicas if child in (rs.sidecar, rs.workload)), None
+            )
+            admin_of = {rs.sidecar.name: rs.addresses for rs in self.replicas}
+            admin_of.update({ps.proxy.name: ps.addresses for ps in self.publishers})
+            proxy = sidecar or child
+            if child.kind != "workload":
+                self._wait_restarted(child, deadline, check)
+            url = f"http://{admin_of[proxy.name]['admin']}/ready"
+            wait_for(
+                lambda: True if http_ok(url) else None,
+                deadline=deadline,
+                what=f"{child.name} ({url})",
+                check=check,
+                stop=self.stop_event,
+                clock=self.options.clock,
+                interval=0.05,
+            )
+        except (Aborted, NotReady):
+            return
+        with self._lock:
+            if self.phase != "ready" or child.proc is not proc:
+                return
+            for rs in self.replicas:
+                if child in (rs.sidecar, rs.workload):
+                    rs.ready = rs.sidecar.alive() and bool(rs.workload and rs.workload.alive())
+            for ps in self.publishers:
+                if child is ps.proxy:
+                    ps.ready = True
+        self._write_status()
+
+    def _wait_restarted(
+        self, child: Child, deadline: float, check: Callable[[], None]
+    ) -> dict[str, Any]:
+        path = self._ready_file_of(child)
+        assert path is not None
+        return wait_for(
+            ready_file(path),
+            deadline=deadline,
+            what=child.name,
+            check=check,
+            stop=self.stop_event,
+            clock=self.options.clock,
+        )
 
     def wait(self) -> None:
         """Block until stop is requested (signal handler or `down`)."""
@@ -527,6 +708,8 @@ class Supervisor:
                         "proxyPid": rs.sidecar.pid,
                         "log": str(wl.log_path) if wl is not None else None,
                         "proxyLog": str(rs.sidecar.log_path),
+                        "restarts": wl.restarts if wl is not None else 0,
+                        "proxyRestarts": rs.sidecar.restarts,
                     }
                 )
             published = {
@@ -542,6 +725,7 @@ class Supervisor:
                     "outbound": ps.addresses.get("outbound"),
                     "admin": ps.addresses.get("admin"),
                     "log": str(ps.proxy.log_path),
+                    "restarts": ps.proxy.restarts,
                 }
                 for ps in self.publishers
             }
@@ -554,6 +738,7 @@ class Supervisor:
                 "supervisorPid": os.getpid(),
                 "runId": self.options.run_id,
                 "controlPlanePid": cp.pid if cp is not None else None,
+                "controlPlaneRestarts": cp.restarts if cp is not None else 0,
                 "logs": str(self.state.logs),
                 "published": published,
                 "services": services,

@@ -27,6 +27,11 @@ EWMA_DECAY = 10.0
 
 _TRIES = 4  # random draws before falling back to a scan for an available endpoint
 
+EJECT_OUTLIER = 1
+"""`ejected` bit: outlier detection took the endpoint out (True sets this bit)."""
+EJECT_UNREACHABLE = 2
+"""`ejected` bit: connecting failed; out until `unreachable_until` (proxy/failfast.py)."""
+
 
 class EndpointState:
     """One endpoint of a cluster with its live counters.
@@ -35,7 +40,10 @@ class EndpointState:
         address: "host:port" as in the Snapshot; host and port split from it.
         weight: relative share (balancers skip weight <= 0).
         healthy: from the Snapshot (control plane health).
-        ejected: set by outlier detection; an ejected endpoint is not picked.
+        ejected: a bit set of ejection reasons (EJECT_OUTLIER, EJECT_UNREACHABLE), 0 when none;
+            balancers only test its truth, so each reason sets and clears its own bit.
+        unreachable_until: loop time until which a fail-fast ejection lasts.
+        connect_failures: consecutive failed attempts to reach it (drives the backoff).
         zone, labels, proxy_id: locality and identity from the Snapshot.
         active_requests: requests in flight (on_start / on_complete).
         ewma_latency: peak-EWMA latency estimate in seconds, as of `ewma_stamp`.
@@ -46,6 +54,7 @@ class EndpointState:
         "_decay",
         "active_requests",
         "address",
+        "connect_failures",
         "ejected",
         "ewma_latency",
         "ewma_stamp",
@@ -54,6 +63,7 @@ class EndpointState:
         "labels",
         "port",
         "proxy_id",
+        "unreachable_until",
         "weight",
         "zone",
     )
@@ -76,7 +86,9 @@ class EndpointState:
         self.host, self.port = split_address(address)
         self.weight = weight
         self.healthy = healthy
-        self.ejected = False
+        self.ejected: int = 0
+        self.unreachable_until = 0.0
+        self.connect_failures = 0
         self.zone = zone
         self.labels = labels if labels is not None else {}
         self.proxy_id = proxy_id
@@ -134,7 +146,7 @@ class EndpointState:
 
     def __repr__(self) -> str:
         flags = "" if self.healthy else " unhealthy"
-        flags += " ejected" if self.ejected else ""
+        flags += f" ejected={self.ejected}" if self.ejected else ""
         return (
             f"EndpointState({self.address!r}, weight={self.weight}, "
             f"active={self.active_requests}{flags})"
