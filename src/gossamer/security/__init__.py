@@ -1,0 +1,1 @@
+"""Mesh identity: SPIFFE IDs, the CA, CSRs, trust bundles, tokens and mTLS contexts."""
