@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -68,11 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code = func(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
     except CommandError as exc:
         print(f"gossamer {args.command}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `gossamer status | head`: the reader left. Point stdout at /dev/null so that the
+        # interpreter's final flush does not fail again, and exit like other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return int(code or 0)
 
 
