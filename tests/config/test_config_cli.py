@@ -117,3 +117,57 @@ def test_empty_file_is_ok_with_no_resources(
     path.write_text("# nothing yet\n")
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: ok (0 resources)\n"
+
+
+MIXED = """\
+apiVersion: gossamer.dev/v1alpha1
+kind: Service
+metadata: {name: pricing}
+spec:
+  replicas: -1
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: Service
+metadata: {name: catalog}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: catalog}]
+  rules:
+    - backendRefs:
+        - {name: pricing}
+        - {name: catalg}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: broken}
+spec:
+  parentRefs: [{name: catalog}]
+  hostnames: ["a b"]
+  rules:
+    - backendRefs:
+        - {name: catalog, weight: 0}
+"""
+
+
+def test_document_and_reference_problems_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reference checks run on what loaded even when some documents did not; a Service that
+    failed to load (pricing) is still known, so its users are not reported again."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MIXED)
+    assert main(["validate", str(path)]) == 1
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{path}:5:3: spec.replicas: must be >= 0",
+        f"{path}:19:12: spec.rules[0].backendRefs[1].name: unknown service 'catalg' "
+        "(did you mean 'catalog'?)",
+        f"{path}:26:15: spec.hostnames[0]: invalid hostname 'a b': use DNS labels of letters, "
+        "digits and '-' separated by '.', optionally starting with '*.' (no port, no spaces)",
+        f"{path}:28:7: spec.rules[0].backendRefs: all backendRefs have weight 0: "
+        "no traffic can be routed",
+        "4 problems found",
+    ]

@@ -9,7 +9,7 @@ import pytest
 
 from gossamer.config import models
 from gossamer.config.errors import ConfigError
-from gossamer.config.loader import load_files, load_objects, load_text
+from gossamer.config.loader import collect_text, load_files, load_objects, load_text
 from gossamer.config.validate import check, check_against, load_and_check, validate_apply
 
 SHOP = Path(__file__).parent / "fixtures" / "shop.yaml"
@@ -149,10 +149,13 @@ def test_all_weights_zero() -> None:
                 - {name: pricing, subset: v1, weight: 0}
                 - {name: pricing, subset: v2, weight: 1}
         """
-    assert _check(text) == [
+    # A single-resource rule now: the loader (the model) refuses it, with the same place.
+    loaded, problems = collect_text(SERVICES + dedent(text), "mesh.yaml")
+    assert [str(p) for p in problems] == [
         "mesh.yaml:20:7: spec.rules[0].backendRefs: all backendRefs have weight 0: "
         "no traffic can be routed",
     ]
+    assert len(loaded) == 2
 
 
 def test_duplicates_and_second_mesh() -> None:

@@ -151,7 +151,9 @@ async def test_request_validation_errors_have_the_shape(h: Harness) -> None:
     not_json = await h.client.post(
         "/v1/apply", content=b"{nope", headers={"content-type": "application/json"}
     )
-    assert_error(not_json, 422, "invalid")
+    bad = assert_error(not_json, 400, "bad_request")
+    assert bad["message"].startswith("request body is not valid JSON: ")
+    assert "at character 1" in bad["message"]
     missing = assert_error(await h.client.post("/v1/apply", json={}), 422, "invalid")
     assert missing["details"][0]["path"] == "resources"
     await h.client.post(

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gossamer.control.registry import Registration, Registry, registry_key
@@ -112,6 +113,22 @@ async def test_endpoints_by_service_and_deregister(store: SqliteStore) -> None:
     assert await registry.deregister("a-0")
     assert await store.get(registry_key("a-0")) is None
     assert [r.proxy_id for r in registry.endpoints("a")] == ["a-1"]
+
+
+async def test_a_proxy_without_an_app_is_registered_but_no_endpoint(store: SqliteStore) -> None:
+    """A `publish` front door (appPort 0) is a known proxy, never an endpoint of its service."""
+    registry = Registry(store, ttl=3.0, clock=FakeClock())
+    await registry.register(reg("frontend-0", service="frontend"))
+    front = msgspec.structs.replace(reg("frontend-publish", service="frontend"), app_port=0)
+    await registry.register(front)
+    assert [r.proxy_id for r in registry.endpoints("frontend")] == [
+        "frontend-0",
+        "frontend-publish",
+    ]
+    assert [r.proxy_id for r in registry.app_endpoints("frontend")] == ["frontend-0"]
+    assert [r.proxy_id for r in registry.app_endpoints()] == ["frontend-0"]
+    assert registry.get("frontend-publish") is not None
+    assert await store.get(registry_key("frontend-publish")) is not None
 
 
 async def test_restart_serves_persisted_endpoints_with_fresh_ttl(tmp_path: Path) -> None:

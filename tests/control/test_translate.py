@@ -17,7 +17,7 @@ from gossamer.config import models
 from gossamer.config.loader import load_text
 from gossamer.config.models import Resource
 from gossamer.control.registry import Registration
-from gossamer.control.translate import DEFAULT_RETRY, translate
+from gossamer.control.translate import DEFAULT_RETRY, PUBLISH_LABEL, translate
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.yaml"))
@@ -404,7 +404,12 @@ def test_golden_snapshot_compiles_in_the_proxy_router(case: str) -> None:
 
 
 def _route(
-    s: snap.Snapshot, host: str, path: str, method: str = "GET", query: str = ""
+    s: snap.Snapshot,
+    host: str,
+    path: str,
+    method: str = "GET",
+    query: str = "",
+    default_host: str | None = None,
 ) -> tuple[str, str] | None:
     from gossamer.http.message import RequestHead
     from gossamer.proxy.router import RouteTable
@@ -416,7 +421,7 @@ def _route(
         [(b"host", host.encode())],
         host=host.encode(),
     )
-    found = RouteTable.compile(s).match(head)
+    found = RouteTable.compile(s, default_host).match(head)
     return None if found is None else (found.virtual_host.name, found.rule.name)
 
 
@@ -467,3 +472,41 @@ def test_a_proxy_without_an_app_is_never_an_endpoint() -> None:
     ]
     s = translate(resources, regs, PROXY)
     assert [e.proxy_id for e in cluster_of(s, "web.default").endpoints] == ["web-0"]
+
+
+def test_a_front_door_reaches_its_service_and_nothing_else() -> None:
+    """The published port's proxy (`--default-host frontend`) is no open proxy into the mesh.
+
+    Any host that names no service (the published address itself) and frontend's own names reach
+    frontend; a host naming another service, or one of its route hostnames, gets no-route.
+    """
+    resources, regs, proxy = parse_case((GOLDEN / "publish_front_door.yaml").read_text())
+    s = translate(resources, regs, proxy)
+
+    def route(host: str, path: str = "/") -> tuple[str, str] | None:
+        return _route(s, host, path, default_host="frontend")
+
+    assert route("127.0.0.1:34641") == ("frontend.default", "default/frontend-canary#1")
+    assert route("localhost", "/beta/x") == ("frontend.default", "default/frontend-canary#0")
+    assert route("frontend.default.svc:8080") == ("frontend.default", "default/frontend-canary#1")
+    for other in ("pricing", "pricing.default:8080", "prices.example.com", "catalog.default.svc"):
+        assert route(other) is None, other
+    assert {c.name for c in s.clusters} == {"frontend.default", "frontend.default.canary"}
+    assert s.listeners.inbound is None
+
+
+def test_the_publish_label_only_narrows_the_proxy_that_carries_it() -> None:
+    """Sidecars keep every service; a front door for a service that does not exist serves none."""
+    resources, regs, _ = parse_case((GOLDEN / "publish_front_door.yaml").read_text())
+    plain = snap.ProxyIdentity(proxy_id="frontend-0", service="frontend")
+    sidecar = translate(resources, regs, plain)
+    assert _route(sidecar, "pricing", "/") == ("pricing.default", "default/pricing-host#0")
+    assert "pricing.default.v1" in {c.name for c in sidecar.clusters}
+
+    ghost = snap.ProxyIdentity(
+        proxy_id="ghost-publish", service="ghost", labels={PUBLISH_LABEL: "ghost"}
+    )
+    s = translate(resources, regs, ghost)
+    assert all(not v.rules for v in s.virtual_hosts)
+    assert s.clusters == []
+    assert _route(s, "frontend", "/", default_host="ghost") is None

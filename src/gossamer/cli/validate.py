@@ -10,8 +10,8 @@ from typing import Any
 
 from gossamer.config import models
 from gossamer.config.errors import plural
-from gossamer.config.loader import Loaded, collect_files, expand_paths
-from gossamer.config.validate import check
+from gossamer.config.loader import Loaded, expand_paths
+from gossamer.config.validate import collect_and_check
 
 
 def register(subparsers: Any) -> None:
@@ -37,11 +37,10 @@ def run(args: argparse.Namespace) -> int:
         for path in missing:
             print(f"gossamer validate: {path}: no such file or directory", file=sys.stderr)
         return 1
-    loaded, problems = collect_files(paths)
-    if not problems:
-        # References are only worth checking once every resource loaded: a Service that failed
-        # to load would otherwise show up again as "unknown service" everywhere it is used.
-        problems = check(loaded)
+    # Every problem at once: cross-resource checks run on the documents that did load too (a
+    # Service that failed to load still counts as known, so its users are not reported again).
+    loaded, problems = collect_and_check(paths)
+    problems.sort(key=lambda p: p.sort_key())
     if problems:
         for problem in problems:
             print(problem)

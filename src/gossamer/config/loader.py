@@ -76,6 +76,31 @@ class Loaded:
         return f"{self.filename}:{pos[0]}" if pos else self.filename
 
 
+@dataclass(frozen=True, slots=True)
+class Unloaded:
+    """A document that failed to load, as far as its raw form names it ("" when it does not).
+
+    Cross-resource checks still run on what did load; knowing that a Service document was there
+    (just broken) keeps them from reporting "unknown service" wherever it is used.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+
+
+def _unloaded(data: Any) -> Unloaded | None:
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    meta = data.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
+    if not isinstance(kind, str) or not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    return Unloaded(kind, namespace, name)
+
+
 def parent_path(path: str) -> str:
     """ "a.b[2]" -> "a.b" -> "a" -> ""."""
     if path.endswith("]"):
@@ -123,6 +148,17 @@ def load_objects(objs: Sequence[Any], source: str = "request") -> list[Loaded]:
     Raises:
         ConfigError: with every problem, without line or column.
     """
+    loaded, problems = collect_objects(objs, source)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def collect_objects(
+    objs: Sequence[Any], source: str = "request", unloaded: list[Unloaded] | None = None
+) -> tuple[list[Loaded], list[Problem]]:
+    """Like load_objects, but returns what loaded and the problems instead of raising; the
+    documents that failed are added to `unloaded` when given."""
     loaded: list[Loaded] = []
     problems: list[Problem] = []
     for i, obj in enumerate(objs):
@@ -131,9 +167,9 @@ def load_objects(objs: Sequence[Any], source: str = "request") -> list[Loaded]:
         problems.extend(found)
         if resource is not None:
             loaded.append(Loaded(resource, source, {}, prefix, i))
-    if problems:
-        raise ConfigError(problems)
-    return loaded
+        elif unloaded is not None and (failed := _unloaded(obj)) is not None:
+            unloaded.append(failed)
+    return loaded, problems
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[Problem]]:
@@ -159,8 +195,11 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[str], li
     return files, problems
 
 
-def collect_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Loaded], list[Problem]]:
-    """Like load_files, but returns what loaded and the problems instead of raising."""
+def collect_files(
+    paths: Iterable[str | os.PathLike[str]], unloaded: list[Unloaded] | None = None
+) -> tuple[list[Loaded], list[Problem]]:
+    """Like load_files, but returns what loaded and the problems instead of raising; the
+    documents that failed are added to `unloaded` when given."""
     files, problems = expand_paths(paths)
     loaded: list[Loaded] = []
     for name in files:
@@ -172,14 +211,17 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Loaded]
         except OSError as exc:
             problems.append(Problem(name, None, None, "", f"cannot read: {exc.strerror or exc}"))
             continue
-        got, found = collect_text(text, name)
+        got, found = collect_text(text, name, unloaded)
         loaded.extend(got)
         problems.extend(found)
     return loaded, problems
 
 
-def collect_text(text: str, filename: str) -> tuple[list[Loaded], list[Problem]]:
-    """Like load_text, but returns what loaded and the problems instead of raising."""
+def collect_text(
+    text: str, filename: str, unloaded: list[Unloaded] | None = None
+) -> tuple[list[Loaded], list[Problem]]:
+    """Like load_text, but returns what loaded and the problems instead of raising; the documents
+    that failed are added to `unloaded` when given."""
     yaml = YAML(typ="safe", pure=True)
     loaded: list[Loaded] = []
     problems: list[Problem] = []
@@ -196,6 +238,8 @@ def collect_text(text: str, filename: str) -> tuple[list[Loaded], list[Problem]]
             problems.extend(found)
             if resource is not None and not builder.problems:
                 loaded.append(Loaded(resource, filename, builder.positions, "", document))
+            elif unloaded is not None and (failed := _unloaded(data)) is not None:
+                unloaded.append(failed)
             document += 1
     except MarkedYAMLError as exc:
         problems.append(_syntax_problem(exc, filename))

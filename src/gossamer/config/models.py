@@ -12,6 +12,7 @@ import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from gossamer.http import syntax
 
 API_VERSION = "gossamer.dev/v1alpha1"
 
@@ -63,6 +66,22 @@ Duration = Annotated[
 ]
 
 
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0s: a zero duration is not allowed here")
+    return value
+
+
+# A duration for which zero would mean "never" or "at once", never what anyone wants (a connect
+# timeout, a probe interval, a per-try timeout): zero is refused rather than read as "none".
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(_positive),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
 def _dns_label(value: str) -> str:
     if not _DNS_LABEL.match(value):
         raise ValueError(
@@ -74,25 +93,31 @@ def _dns_label(value: str) -> str:
 
 Name = Annotated[str, BeforeValidator(lambda v: _dns_label(v) if isinstance(v, str) else v)]
 
-# RFC 9110 token characters: anything else in a header name breaks the request on the wire.
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+def _checked(check: Any) -> Any:
+    """A BeforeValidator running one of the `gossamer.http.syntax` checks on strings."""
+
+    def run(value: object) -> object:
+        if isinstance(value, str):
+            check(value)
+        return value
+
+    return BeforeValidator(run)
 
 
-def _header_name(value: object) -> object:
-    if isinstance(value, str) and not _HEADER_NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid HTTP header name")
-    return value
-
-
-HeaderName = Annotated[str, BeforeValidator(_header_name)]
+# The proxy's router refuses a Snapshot holding anything these refuse (and the whole mesh's config
+# freezes on the NACK), so the models refuse it first, with the same rules from http.syntax.
+HeaderName = Annotated[str, _checked(syntax.check_header_name)]
+HeaderValue = Annotated[str, _checked(syntax.check_header_value)]
+HostnameValue = Annotated[str, _checked(syntax.check_hostname)]
+RouteHostname = Annotated[str, _checked(syntax.check_route_hostname)]
+Path = Annotated[str, _checked(syntax.check_path)]
+PrefixReplacement = Annotated[str, _checked(syntax.check_prefix_replacement)]
 
 
 def _check_regex(value: str) -> str:
-    """Compile `value` with Python's `re`, the engine the proxy matches with."""
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    """Compile `value` as the proxy does: Python's `re`, on the UTF-8 bytes."""
+    syntax.compile_regex(value)
     return value
 
 
@@ -145,13 +170,13 @@ class Resource(Model):
 class RetryBudgetSpec(Model):
     ratio: float = Field(0.2, ge=0, le=10)
     min_per_second: float = Field(10, ge=0)
-    ttl: Duration = 10.0
+    ttl: PositiveDuration = 10.0
 
 
 class MeshTimeouts(Model):
-    connect: Duration = 2.0
-    request: Duration | None = 15.0
-    idle: Duration = 60.0
+    connect: PositiveDuration = 2.0
+    request: Duration | None = 15.0  # 0s or null: no timeout
+    idle: PositiveDuration = 60.0
 
 
 class MeshDefaults(Model):
@@ -183,14 +208,15 @@ class ServicePort(Model):
 
 class ReadinessProbe(Model):
     path: str = "/"
-    interval: Duration = 1.0
-    timeout: Duration = 1.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 1.0
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
+        syntax.check_path(v)
         return v
 
 
@@ -261,6 +287,8 @@ class HTTPPathMatch(Model):
             return _check_regex(v)
         if kind is not None and not v.startswith("/"):
             raise ValueError(f"a {kind} path must start with '/'")
+        if kind is not None:
+            syntax.check_path(v)
         return v
 
 
@@ -298,7 +326,7 @@ class HTTPRouteMatch(Model):
 
 class HTTPHeader(Model):
     name: HeaderName = Field(min_length=1)
-    value: str
+    value: HeaderValue
 
 
 class HTTPHeaderFilter(Model):
@@ -306,11 +334,21 @@ class HTTPHeaderFilter(Model):
     add: list[HTTPHeader] = []
     remove: list[HeaderName] = []
 
+    @field_validator("set")
+    @classmethod
+    def _set_once(cls, v: list[HTTPHeader]) -> list[HTTPHeader]:
+        seen: set[str] = set()
+        for h in v:
+            if h.name.lower() in seen:
+                raise ValueError(f"header {h.name!r} is set twice (names are case-insensitive)")
+            seen.add(h.name.lower())
+        return v
+
 
 class HTTPPathModifier(Model):
     type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
-    replace_full_path: str | None = None
-    replace_prefix_match: str | None = None
+    replace_full_path: Path | None = None
+    replace_prefix_match: PrefixReplacement | None = None
 
     @model_validator(mode="after")
     def _value_for_type(self) -> HTTPPathModifier:
@@ -322,14 +360,14 @@ class HTTPPathModifier(Model):
 
 class HTTPRequestRedirectFilter(Model):
     scheme: Literal["http", "https"] | None = None
-    hostname: str | None = None
+    hostname: HostnameValue | None = None
     path: HTTPPathModifier | None = None
     port: int | None = Field(None, ge=1, le=65535)
     status_code: Literal[301, 302, 303, 307, 308] = 302
 
 
 class HTTPURLRewriteFilter(Model):
-    hostname: str | None = None
+    hostname: HostnameValue | None = None
     path: HTTPPathModifier | None = None
 
 
@@ -378,10 +416,54 @@ class HTTPBackendRef(Model):
     weight: int = Field(1, ge=0, le=1_000_000)
     filters: list[HTTPRouteFilter] = []
 
+    @field_validator("filters")
+    @classmethod
+    def _backend_filters(cls, v: list[HTTPRouteFilter]) -> list[HTTPRouteFilter]:
+        for i, f in enumerate(v):
+            if f.type == "RequestRedirect":
+                raise ValueError(f"[{i}]: RequestRedirect is not supported on a backendRef")
+        _check_filter_list(v)
+        return v
+
+
+def _check_filter_list(filters: list[HTTPRouteFilter]) -> None:
+    """The router's rules for one list of filters (a rule's, or one backend's)."""
+    types = [f.type for f in filters]
+    if types.count("RequestRedirect") > 1:
+        raise ValueError("only one RequestRedirect filter is allowed")
+    if types.count("URLRewrite") > 1:
+        raise ValueError("only one URLRewrite filter is allowed")
+    if "RequestRedirect" in types and "URLRewrite" in types:
+        raise ValueError("RequestRedirect and URLRewrite cannot both be set")
+
+
+def _prefix_rewrite(filters: list[HTTPRouteFilter]) -> bool:
+    for f in filters:
+        config = f.request_redirect or f.url_rewrite
+        if (
+            config is not None
+            and config.path is not None
+            and config.path.type == "ReplacePrefixMatch"
+        ):
+            return True
+    return False
+
 
 class HTTPRouteTimeouts(Model):
+    # Gateway API: 0s turns the timeout off (the Mesh default included, for `request`).
     request: Duration | None = None
     backend_request: Duration | None = None
+
+    @field_validator("backend_request")
+    @classmethod
+    def _within_request(cls, v: float | None, info: ValidationInfo) -> float | None:
+        request = info.data.get("request")
+        if v is not None and request and v > request:
+            raise ValueError(
+                f"backendRequest ({format_duration(v)}) must not be longer than request "
+                f"({format_duration(request)}), which covers every try"
+            )
+        return v
 
 
 class HTTPBackoff(Model):
@@ -401,7 +483,7 @@ _DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset")
 
 class HTTPRouteRetry(Model):
     attempts: int = Field(2, ge=0, le=10)
-    per_try_timeout: Duration | None = None
+    per_try_timeout: PositiveDuration | None = None  # leave out for no per-try timeout
     retry_on: list[RetryOn] = Field(default_factory=lambda: list(_DEFAULT_RETRY_ON))
     retriable_status_codes: list[Annotated[int, Field(ge=400, le=599)]] = []
     backoff: HTTPBackoff = HTTPBackoff()
@@ -426,10 +508,41 @@ class HTTPRouteRule(Model):
     timeouts: HTTPRouteTimeouts | None = None
     retry: HTTPRouteRetry | None = None
 
+    @field_validator("filters")
+    @classmethod
+    def _rule_filters(cls, v: list[HTTPRouteFilter], info: ValidationInfo) -> list[HTTPRouteFilter]:
+        _check_filter_list(v)
+        _prefix_needs_path_prefix(v, info.data.get("matches"))
+        return v
+
+    @field_validator("backend_refs")
+    @classmethod
+    def _backends(cls, v: list[HTTPBackendRef], info: ValidationInfo) -> list[HTTPBackendRef]:
+        if v and all(b.weight == 0 for b in v):
+            raise ValueError("all backendRefs have weight 0: no traffic can be routed")
+        for b in v:
+            _prefix_needs_path_prefix(b.filters, info.data.get("matches"))
+        return v
+
+
+def _prefix_needs_path_prefix(
+    filters: list[HTTPRouteFilter], matches: list[HTTPRouteMatch] | None
+) -> None:
+    # The prefix to replace is the one the request matched: an Exact or RegularExpression path
+    # match has none. `matches` is None when it failed validation itself.
+    if not matches or not _prefix_rewrite(filters):
+        return
+    for i, m in enumerate(matches):
+        if m.path is not None and m.path.type != "PathPrefix":
+            raise ValueError(
+                f"ReplacePrefixMatch needs every match of the rule to use a PathPrefix path "
+                f"(matches[{i}] uses {m.path.type})"
+            )
+
 
 class HTTPRouteSpec(Model):
     parent_refs: list[ParentRef] = Field(min_length=1)
-    hostnames: list[str] = []
+    hostnames: list[RouteHostname] = []
     rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()])
 
 
@@ -450,7 +563,7 @@ class TargetRef(Model):
 
 
 class ConsistentHash(Model):
-    http_header_name: str | None = None
+    http_header_name: HeaderName | None = None
     http_cookie: str | None = None
     minimum_ring_size: int = Field(1024, ge=1, le=1 << 20)
 
@@ -478,8 +591,8 @@ class ConnectionPoolSpec(Model):
     max_connections: int = Field(1024, ge=1)
     max_pending_requests: int = Field(1024, ge=0)
     max_requests_per_connection: int = Field(0, ge=0)
-    idle_timeout: Duration = 60.0
-    connect_timeout: Duration | None = None
+    idle_timeout: PositiveDuration = 60.0
+    connect_timeout: PositiveDuration | None = None
 
 
 class DestinationPolicySpec(Model):

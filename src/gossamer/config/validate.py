@@ -15,25 +15,32 @@ from typing import Any
 
 from gossamer.config import models
 from gossamer.config.errors import ConfigError, Problem, did_you_mean
-from gossamer.config.loader import Loaded, collect_files, load_objects
+from gossamer.config.loader import Loaded, Unloaded, collect_files, collect_objects
 
 STORED = "<stored>"  # the filename given to resources that come from the control plane's store
 
 _ServiceKey = tuple[str, str]  # (namespace, name)
 
 
-def check(resources: Sequence[Loaded]) -> list[Problem]:
-    """Every cross-resource problem in `resources`, which are taken to be the whole mesh."""
-    return check_against(resources, ())
+def check(resources: Sequence[Loaded], unloaded: Iterable[Unloaded] = ()) -> list[Problem]:
+    """Every cross-resource problem in `resources`, which are taken to be the whole mesh.
+
+    `unloaded` are documents that failed to load (already reported): a Service among them still
+    counts as known, so its users are not also told it does not exist.
+    """
+    return check_against(resources, (), unloaded)
 
 
 def check_against(
-    new_resources: Sequence[Loaded], existing_resources: Iterable[Loaded | models.AnyResource]
+    new_resources: Sequence[Loaded],
+    existing_resources: Iterable[Loaded | models.AnyResource],
+    unloaded: Iterable[Unloaded] = (),
 ) -> list[Problem]:
     """Problems of `new_resources` applied on top of `existing_resources`.
 
     A new resource replaces an existing one with the same key (Kind/namespace/name), as apply does.
     Only new resources are reported on: what is already stored was checked when it was applied.
+    Services named in `unloaded` are known, but their ports and subsets are not checked against.
     """
     existing = [r if isinstance(r, Loaded) else Loaded(r, STORED) for r in existing_resources]
     # Problems are grouped by the resource they belong to and given in the order of the input, so
@@ -63,7 +70,9 @@ def check_against(
                 )
             )
 
-    services: dict[_ServiceKey, models.Service] = {}
+    services: dict[_ServiceKey, models.Service | None] = {
+        (u.namespace, u.name): None for u in unloaded if u.kind == "Service"
+    }
     for r in mesh:
         if isinstance(r.resource, models.Service):
             services[(r.resource.metadata.namespace, r.resource.metadata.name)] = r.resource
@@ -93,7 +102,7 @@ def _origin(loaded: Loaded) -> str:
 
 
 def _check_route(
-    loaded: Loaded, route: models.HTTPRoute, services: dict[_ServiceKey, models.Service]
+    loaded: Loaded, route: models.HTTPRoute, services: dict[_ServiceKey, models.Service | None]
 ) -> list[Problem]:
     problems: list[Problem] = []
     for i, parent in enumerate(route.spec.parent_refs):
@@ -121,20 +130,13 @@ def _check_route(
                     backend.subset,
                 )
             )
-        if rule.backend_refs and all(b.weight == 0 for b in rule.backend_refs):
-            problems.append(
-                loaded.problem(
-                    f"spec.rules[{r}].backendRefs",
-                    "all backendRefs have weight 0: no traffic can be routed",
-                )
-            )
     return problems
 
 
 def _check_ref(
     loaded: Loaded,
     path: str,
-    services: dict[_ServiceKey, models.Service],
+    services: dict[_ServiceKey, models.Service | None],
     name: str,
     namespace: str | None,
     port: int | None,
@@ -142,8 +144,7 @@ def _check_ref(
 ) -> list[Problem]:
     own = loaded.resource.metadata.namespace
     ns = namespace or own
-    service = services.get((ns, name))
-    if service is None:
+    if (ns, name) not in services:
         where = f" in namespace {ns!r}" if ns != own else ""
         nearby = [n for (sns, n) in services if sns == ns]
         return [
@@ -151,6 +152,9 @@ def _check_ref(
                 f"{path}.name", f"unknown service {name!r}{where}{did_you_mean(name, nearby)}"
             )
         ]
+    service = services[(ns, name)]
+    if service is None:
+        return []  # it failed to load: its ports and subsets are unknown
     problems: list[Problem] = []
     ports = [p.port for p in service.spec.ports]
     if port is not None and port not in ports:
@@ -215,14 +219,22 @@ def load_and_check(paths: Iterable[str | os.PathLike[str]]) -> list[Loaded]:
     """Load files and check them as one mesh (what `gossamer up` and `gossamer validate` need).
 
     Raises:
-        ConfigError: with every problem found; reference checks run only once all files loaded.
+        ConfigError: with every problem found: per document, and across the documents that loaded.
     """
-    loaded, problems = collect_files(paths)
-    if not problems:
-        problems = check(loaded)
+    loaded, problems = collect_and_check(paths)
     if problems:
         raise ConfigError(problems)
     return loaded
+
+
+def collect_and_check(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[Loaded], list[Problem]]:
+    """What loaded and every problem: each document's own, then the cross-resource ones among
+    the documents that loaded (a failed one takes no part, but a failed Service is still known)."""
+    unloaded: list[Unloaded] = []
+    loaded, problems = collect_files(paths, unloaded)
+    return loaded, problems + check(loaded, unloaded)
 
 
 def validate_apply(
@@ -235,8 +247,17 @@ def validate_apply(
     Raises:
         ConfigError: every problem, paths like "resources[2].spec.rules[0].backendRefs[0].name".
     """
-    loaded = load_objects(objs, source)
-    problems = check_against(loaded, existing)
+    unloaded: list[Unloaded] = []
+    loaded, problems = collect_objects(objs, source, unloaded)
+    problems += check_against(loaded, existing, unloaded)
     if problems:
+        # The cross-resource problems come after the per-document ones; keep the input's order.
+        problems.sort(key=_resource_index)
         raise ConfigError(problems)
     return loaded
+
+
+def _resource_index(problem: Problem) -> int:
+    head = problem.path.partition("]")[0]
+    number = head.removeprefix("resources[")
+    return int(number) if number.isdigit() else -1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +28,7 @@ from gossamer.control.resources import (
     apply_resources,
     load_resources,
     resource_key,
+    service_users,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +37,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.control.api")
 
 REQUEST_SOURCE = "request"
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 409: "conflict", 422: "invalid"}
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+}
+
+# Bounds on one request, so one client cannot stall the control plane (and with it every proxy's
+# heartbeats): the body, the resources in one apply, and the problems listed in one error answer.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_APPLY_RESOURCES = 5000
+MAX_DETAILS = 100
+_STOCK_PARSE_ERROR = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -56,7 +71,24 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, details: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": list(details)}}
+    return {"error": {"code": code, "message": message, "details": cap_details(details)}}
+
+
+def cap_details(
+    details: Sequence[dict[str, str]], limit: int = MAX_DETAILS
+) -> list[dict[str, str]]:
+    """At most `limit` details, then one "... and N more problems" entry."""
+    if len(details) <= limit:
+        return list(details)
+    rest = len(details) - limit
+    more = "problem" if rest == 1 else "problems"
+    return [*details[:limit], {"path": "", "message": f"... and {rest} more {more}"}]
+
+
+def _too_large_message(limit: int) -> str:
+    mib = limit / (1024 * 1024)
+    size = f"{mib:g} MiB" if mib >= 1 else f"{limit} bytes"
+    return f"request body is larger than the limit of {size}"
 
 
 def _error_response(
@@ -137,11 +169,28 @@ class AckRequest(_Body):
 # --- errors and logging as ASGI middleware --------------------------------------------------------
 
 
-class _Guard:
-    """Turns any exception into the error shape (no traceback to clients) and logs writes."""
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _Guard:
+    """Turns any exception into the error shape (no traceback to clients), bounds request bodies
+    and logs writes."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,6 +198,29 @@ class _Guard:
             return
         started = False
         status = 500
+        limit = self.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name != b"content-length":
+                continue
+            # Refused before a byte of the body is read.
+            if not value.isdigit():
+                await _send_error(send, 400, "bad_request", "Content-Length is not a number")
+                return
+            if int(value) > limit:
+                await _send_error(send, 413, "too_large", _too_large_message(limit))
+                log.info("%s %s %d", scope["method"], scope["path"], 413)
+                return
+        received = 0
+
+        async def bounded() -> Message:
+            # A body without a Content-Length (chunked) is counted as it arrives.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, _too_large_message(limit))
+            return message
 
         async def tracked(message: Message) -> None:
             nonlocal started, status
@@ -158,24 +230,13 @@ class _Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, bounded, tracked)
         except Exception:
             log.exception("error serving %s %s", scope["method"], scope["path"])
             if not started:
-                body = json.dumps(
-                    error_body("internal", "internal error in the control plane; see its log")
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
+                await _send_error(
+                    send, 500, "internal", "internal error in the control plane; see its log"
                 )
-                await send({"type": "http.response.body", "body": body})
                 status = 500
         method = scope["method"]
         # Heartbeats and ACKs come every second from every proxy: too many to log.
@@ -199,8 +260,13 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     details: list[dict[str, str]] = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
-            details.append({"path": "body", "message": "request body is not valid JSON"})
-            continue
+            loc = tuple(err.get("loc", ()))
+            reason = str((err.get("ctx") or {}).get("error", "JSON decode error"))
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            message = f"request body is not valid JSON: {reason}{where}"
+            return _error_response(
+                400, "bad_request", message, [{"path": "body", "message": message}]
+            )
         message = str(err.get("msg", "invalid"))
         if tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
             "model_attributes_type",
@@ -218,8 +284,18 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 # --- the app --------------------------------------------------------------------------------------
 
 
-def create_app(cp: ControlPlane) -> FastAPI:
-    """The API bound to one running control plane."""
+def create_app(
+    cp: ControlPlane,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_apply_resources: int = MAX_APPLY_RESOURCES,
+) -> FastAPI:
+    """The API bound to one running control plane.
+
+    Args:
+        max_body_bytes: larger request bodies get 413 `too_large`.
+        max_apply_resources: an apply with more resources gets 422 `invalid`.
+    """
     app = FastAPI(
         title="Gossamer control plane",
         version=__version__,
@@ -244,6 +320,15 @@ def create_app(cp: ControlPlane) -> FastAPI:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and exc.detail == _STOCK_PARSE_ERROR:
+            # FastAPI's words for a body json could not parse without a JSONDecodeError.
+            cause = exc.__cause__
+            if isinstance(cause, RecursionError):
+                message = "request body is not valid JSON: nested too deeply"
+            elif isinstance(cause, UnicodeDecodeError):
+                message = f"request body is not valid JSON: not UTF-8 ({cause.reason})"
+            else:
+                message = "request body is not valid JSON: it could not be parsed"
         else:
             message = str(exc.detail)
         code = _STATUS_CODES.get(
@@ -251,7 +336,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         )
         return _error_response(exc.status_code, code, message)
 
-    app.add_middleware(_Guard)
+    app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
 
     # --- operator API ---
 
@@ -264,11 +349,23 @@ def create_app(cp: ControlPlane) -> FastAPI:
         body: ApplyRequest, dry_run: bool = Query(False, alias="dryRun")
     ) -> dict[str, Any]:
         """Create or update resources, all or nothing; `dryRun=true` only validates."""
+        count = len(body.resources)
+        if count > max_apply_resources:
+            message = (
+                f"too many resources in one apply: {count}, the limit is {max_apply_resources}; "
+                "apply them in smaller batches"
+            )
+            raise ApiError(422, "invalid", message, [{"path": "resources", "message": message}])
         async with cp.apply_lock:
             # Read under the lock so that two applies cannot both check against a stale set.
             current, _ = await load_resources(store)
             try:
-                loaded = validate_apply(body.resources, current.values(), REQUEST_SOURCE)
+                # Off the event loop: a big batch takes a while to validate, and heartbeats and
+                # snapshot polls must still be answered meanwhile. The lock is held throughout,
+                # so the apply stays all or nothing.
+                loaded = await asyncio.to_thread(
+                    validate_apply, body.resources, list(current.values()), REQUEST_SOURCE
+                )
             except ConfigError as exc:
                 raise invalid(exc.problems) from None
             result = await apply_resources(
@@ -311,6 +408,20 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def delete_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
         _check_kind(kind)
         async with cp.apply_lock:
+            if kind == "Service":
+                # Routes and policies may be deleted freely; a Service they still name may not,
+                # or the store would hold what apply refuses (and proxies a route to nowhere).
+                current, _ = await load_resources(store)
+                users = service_users(current.values(), namespace, name)
+                if users and f"{kind}/{namespace}/{name}" in current:
+                    listed = ", ".join(dict.fromkeys(key.replace("/", " ", 1) for key, _ in users))
+                    raise ApiError(
+                        409,
+                        "conflict",
+                        f"Service {namespace}/{name} is used by {listed}; "
+                        "delete or change those first",
+                        [{"path": key, "message": f"{path} names it"} for key, path in users],
+                    )
             revision = await store.delete(resource_key(kind, namespace, name))
         if revision is None:
             raise _not_found(f"{kind}/{namespace}/{name} not found")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pydantic
 
-from gossamer.config.models import KINDS, AnyResource, Resource
+from gossamer.config.models import (
+    KINDS,
+    AnyResource,
+    DestinationPolicy,
+    HTTPRoute,
+    Resource,
+)
 from gossamer.control.store.base import CompactedError, KeyValue, Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,34 @@ def decode_resource(data: bytes | str | Mapping[str, Any]) -> AnyResource:
         raise ValueError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
     resource = model.model_validate(obj)
     return resource  # type: ignore[return-value]
+
+
+def service_users(
+    resources: Iterable[Resource], namespace: str, name: str
+) -> list[tuple[str, str]]:
+    """The (key, field path) of every reference to Service `namespace/name`, sorted by key.
+
+    A reference without a namespace means the referring resource's own namespace.
+    """
+    found: list[tuple[str, str]] = []
+    for r in resources:
+        own = r.metadata.namespace
+        refs: list[tuple[str, str | None, str]] = []
+        if isinstance(r, HTTPRoute):
+            refs += [
+                (f"spec.parentRefs[{i}]", p.namespace, p.name)
+                for i, p in enumerate(r.spec.parent_refs)
+            ]
+            for j, rule in enumerate(r.spec.rules):
+                refs += [
+                    (f"spec.rules[{j}].backendRefs[{k}]", b.namespace, b.name)
+                    for k, b in enumerate(rule.backend_refs)
+                ]
+        elif isinstance(r, DestinationPolicy):
+            t = r.spec.target_ref
+            refs.append(("spec.targetRef", t.namespace, t.name))
+        found += [(r.key, path) for path, ns, n in refs if n == name and (ns or own) == namespace]
+    return sorted(found, key=lambda item: item[0])
 
 
 async def load_resources(store: Store) -> tuple[dict[str, AnyResource], int]:

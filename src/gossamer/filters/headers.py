@@ -8,30 +8,25 @@ then set (replaces every value, keeping the first position), then add (appends).
 
 from __future__ import annotations
 
-import re
-
+from gossamer.http import syntax
 from gossamer.http.message import Headers, RequestHead, ResponseHead
 from gossamer.snapshot import HeaderModifier
-
-# RFC 9110 token characters: a header name must be one.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def encode_name(name: str, where: str) -> bytes:
     """A header name lower-cased as bytes; ValueError naming `where` when it is not a token."""
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"{where}: invalid header name {name!r}")
-    return name.lower().encode("ascii")
+    try:
+        return syntax.encode_header_name(name)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def encode_value(value: str, where: str) -> bytes:
     """A header value as latin-1 bytes; ValueError when it holds CR, LF, NUL or non-latin-1."""
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError(f"{where}: header value {value!r} contains CR, LF or NUL")
     try:
-        return value.strip(" \t").encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where}: header value {value!r} is not latin-1") from None
+        return syntax.encode_header_value(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 class HeaderModifierFilter:

@@ -7,15 +7,9 @@ time, so nothing is looked up per request. The query string is always kept.
 
 from __future__ import annotations
 
-import re
-from urllib.parse import quote
-
+from gossamer.http import syntax
 from gossamer.http.message import RequestHead, header_set
 from gossamer.snapshot import PathModifier, URLRewrite
-
-# Characters a path may keep as they are: RFC 3986 pchar plus "/" and "%" (existing escapes).
-_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 def encode_path(value: str, where: str) -> bytes:
@@ -24,18 +18,18 @@ def encode_path(value: str, where: str) -> bytes:
     Raises:
         ValueError: the path does not start with "/" or holds "?", "#" or control characters.
     """
-    if not value.startswith("/"):
-        raise ValueError(f"{where}: path {value!r} must start with '/'")
-    if any(c in "?#" or ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise ValueError(f"{where}: path {value!r} must not contain '?', '#' or control characters")
-    return quote(value, safe=_PATH_SAFE).encode("ascii")
+    try:
+        return syntax.encode_path(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def encode_hostname(value: str, where: str) -> bytes:
     """A configured hostname, lower-cased, as bytes; ValueError when it is not a hostname."""
-    if not _HOSTNAME.fullmatch(value):
-        raise ValueError(f"{where}: invalid hostname {value!r}")
-    return value.lower().encode("ascii")
+    try:
+        return syntax.encode_hostname(value)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def strip_prefix(prefix: bytes) -> bytes:

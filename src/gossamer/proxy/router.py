@@ -47,6 +47,7 @@ from gossamer.filters import redirect as redirect_filter
 from gossamer.filters import rewrite as rewrite_filter
 from gossamer.filters.redirect import RedirectFilter, split_authority
 from gossamer.filters.rewrite import encode_path, strip_prefix
+from gossamer.http import syntax
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
 
@@ -54,8 +55,6 @@ from gossamer.proxy import flags
 # 0): the Gateway API asks for a 500.
 NO_BACKEND = flags.NO_BACKEND
 NO_BACKEND_STATUS = flags.STATUS[NO_BACKEND]
-
-_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _ANY, _EXACT, _PREFIX, _REGEX = 0, 1, 2, 3
 
@@ -286,10 +285,10 @@ class RouteTable:
         if port is not None and not 1 <= port <= 65535:
             raise RouteCompileError(f"virtual host {vh.spec.name!r}: port {port} is not in 1-65535")
         for domain in vh.spec.domains:
-            d = domain.strip().lower().rstrip(".")
-            if not d or any(c in d for c in " \t\r\n/"):
-                raise RouteCompileError(f"virtual host {vh.spec.name!r}: invalid domain {domain!r}")
-            key = _encode_host(d, f"virtual host {vh.spec.name!r}")
+            try:
+                key = syntax.encode_domain(domain)
+            except ValueError as e:
+                raise RouteCompileError(f"virtual host {vh.spec.name!r}: {e}") from None
             name, own_port = split_authority(key)
             if name.startswith(b"*."):
                 self._wildcards.append((name[1:], own_port or port, vh))
@@ -366,9 +365,9 @@ class RouteTable:
 
 def _encode_host(host: str, where: str) -> bytes:
     try:
-        return host.encode("ascii") if host.isascii() else host.encode("idna")
-    except UnicodeError:
-        raise RouteCompileError(f"{where}: invalid host {host!r}") from None
+        return syntax.encode_host(host)
+    except ValueError as e:
+        raise RouteCompileError(f"{where}: {e}") from None
 
 
 def _headers_match(
@@ -408,9 +407,9 @@ def _query_match(
 
 def _regex(pattern: str, where: str) -> re.Pattern[bytes]:
     try:
-        return re.compile(pattern.encode("utf-8"))
-    except re.error as e:
-        raise RouteCompileError(f"{where}: invalid regular expression {pattern!r}: {e}") from None
+        return syntax.compile_regex(pattern)
+    except ValueError as e:
+        raise RouteCompileError(f"{where}: {e}") from None
 
 
 def _compile_condition(m: snap.RouteMatch, where: str) -> tuple[_Condition, bytes | None]:
@@ -418,8 +417,10 @@ def _compile_condition(m: snap.RouteMatch, where: str) -> tuple[_Condition, byte
     cond = _Condition()
     prefix: bytes | None = b"/"
     if m.method is not None:
-        if not _METHOD.fullmatch(m.method):
-            raise RouteCompileError(f"{where}: invalid method {m.method!r}")
+        try:
+            syntax.check_token(m.method, "method")
+        except ValueError:
+            raise RouteCompileError(f"{where}: invalid method {m.method!r}") from None
         cond.method = m.method.encode("ascii")
     if m.path is not None:
         p = m.path
