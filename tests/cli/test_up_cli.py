@@ -165,12 +165,16 @@ def test_summary_says_where_everything_is() -> None:
         "file": "/shop/mesh.yaml",
         "controlPlane": "http://127.0.0.1:4000",
         "published": {"frontend": "http://127.0.0.1:5000"},
-        "services": {"pricing": [{"replica": "pricing-v1-0"}, {"replica": "pricing-v2-0"}]},
+        "services": {
+            "pricing": [{"replica": "pricing-v1-0"}, {"replica": "pricing-v2-0"}],
+            "frontend": [{"replica": "frontend-0"}],
+        },
     }
+    # One line per service, the published one with its URL.
     assert format_summary(doc) == (
         "mesh ready: /shop/mesh.yaml\n"
         "  control plane   http://127.0.0.1:4000\n"
-        "  frontend        http://127.0.0.1:5000   (published)\n"
+        "  frontend        frontend-0    http://127.0.0.1:5000 (published)\n"
         "  pricing         pricing-v1-0, pricing-v2-0"
     )
 

@@ -43,10 +43,11 @@ def test_returns_once_the_supervisor_is_ready_and_down_stops_it(tmp_path: Path) 
     assert status["state"] == "ready"
     assert pid_alive(pid)
     assert (tmp_path / "logs" / "up.log").read_text() == "starting\n"
-    assert stop_mesh(state, timeout=10) is True
+    assert stop_mesh(state, timeout=10).running
     assert not pid_alive(pid)
     assert not state.status_path.exists()
-    assert stop_mesh(state, timeout=10) is False
+    stopped = stop_mesh(state, timeout=10)
+    assert (stopped.running, stopped.gone) == (False, False)
 
 
 def test_failure_shows_the_supervisors_error(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from runtime_fakes import FAKE_APP
 
+from gossamer.control.translate import PUBLISH_LABEL as TRANSLATOR_PUBLISH_LABEL
 from gossamer.runtime.detach import processes_of_run
 from gossamer.runtime.readiness import wait_for
 from gossamer.runtime.state import pid_alive
-from gossamer.runtime.supervisor import StartError
+from gossamer.runtime.supervisor import PUBLISH_LABEL, StartError
 
 MESH = f"""
 apiVersion: gossamer.dev/v1alpha1
@@ -163,6 +164,9 @@ def test_workload_environment_and_sidecar_flags(make_supervisor, events) -> None
     front = events.data("args", "web-publish")
     assert "--app-port" not in front
     assert front[front.index("--default-host") + 1] == "web"
+    # The label that makes the control plane give it web's routes alone.
+    assert front[front.index("--label") + 1] == f"{PUBLISH_LABEL}=web"
+    assert PUBLISH_LABEL == TRANSLATOR_PUBLISH_LABEL
     assert front[front.index("--outbound") + 1] == "127.0.0.1:0"
 
 

@@ -102,9 +102,10 @@ def _api_error_text(exc: Any) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     from gossamer.runtime.detach import (
         DetachError,
-        kill_leftovers,
+        clean_up_run,
         start_detached,
         supervise_argv,
+        supervisor_gone,
     )
     from gossamer.runtime.state import StateDir, pid_alive, resolve_state_dir
 
@@ -116,9 +117,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"stop it first: gossamer down{_state_flag(args)}"
         )
     plan = load_plan(args.file)
+    gone = supervisor_gone(state)
     stale = state.read_status()
-    if stale is not None and not args.supervise:
-        kill_leftovers(stale)  # of a supervisor that was killed outright
+    if gone is not None and stale is not None and not args.supervise:
+        # The last mesh's supervisor was killed outright: whatever it left would hold ports and
+        # answer beside the new mesh, so it goes first (what `gossamer down` would do).
+        left = clean_up_run(stale)
+        print(f"{_gone_text(state.root, gone)}; {_stopped_text(left)}; starting a new one")
     if args.detach and not args.supervise:
         try:
             status = start_detached(
@@ -188,20 +193,42 @@ def cmd_down(args: argparse.Namespace) -> int:
     from gossamer.runtime.state import StateDir, resolve_state_dir
 
     state = StateDir(resolve_state_dir(args.state_dir))
-    if stop_mesh(state, args.timeout):
+    stopped = stop_mesh(state, args.timeout)
+    if stopped.running:
         print(f"stopped the mesh running from {state.root}")
+    elif stopped.gone:
+        gone = _gone_text(state.root, stopped.supervisor_pid or 0)
+        print(f"{gone}; {_stopped_text(stopped.leftovers)}")
     else:
         print(f"no mesh running from {state.root}")
     return 0
+
+
+def _gone_text(root: Path, pid: int) -> str:
+    return f"the supervisor of the mesh in {root} was gone" + (f" (pid {pid})" if pid else "")
+
+
+def _stopped_text(leftovers: int) -> str:
+    if not leftovers:
+        return "none of its processes were still running"
+    return f"stopped {leftovers} leftover process{'' if leftovers == 1 else 'es'}"
 
 
 # --- status ---------------------------------------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gossamer.runtime.detach import supervisor_gone
     from gossamer.runtime.state import StateDir, pid_alive, resolve_state_dir
 
     state = StateDir(resolve_state_dir(args.state_dir))
+    gone = supervisor_gone(state)
+    if gone is not None:
+        raise CommandError(
+            f"the supervisor of the mesh in {state.root} is gone"
+            + (f" (pid {gone})" if gone else "")
+            + f"; processes may be left: run `gossamer down --state-dir {state.root}` to clean up"
+        )
     status = state.read_status()
     pid = status.get("supervisorPid") if status else None
     if status is None or not isinstance(pid, int) or not pid_alive(pid):
@@ -242,11 +269,19 @@ def format_summary(status: dict[str, Any]) -> str:
     """Where everything is, printed once the mesh is ready."""
     lines = [f"mesh ready: {status.get('file')}"]
     lines.append(f"  control plane   {status.get('controlPlane')}")
-    for name, url in sorted(status.get("published", {}).items()):
-        lines.append(f"  {name:<15} {url}   (published)")
-    for name, replicas in sorted(status.get("services", {}).items()):
-        names = ", ".join(r["replica"] for r in replicas) or "(no replicas)"
-        lines.append(f"  {name:<15} {names}")
+    published: dict[str, str] = status.get("published") or {}
+    services: dict[str, list[dict[str, Any]]] = status.get("services") or {}
+    # One line per service: its replicas, then its published URL if it has one.
+    rows = [
+        (name, ", ".join(r["replica"] for r in services.get(name, [])) or "(no replicas)")
+        for name in sorted({*services, *published})
+    ]
+    width = max((len(replicas) for name, replicas in rows if name in published), default=0)
+    for name, replicas in rows:
+        if name in published:
+            lines.append(f"  {name:<15} {replicas:<{width}}    {published[name]} (published)")
+        else:
+            lines.append(f"  {name:<15} {replicas}")
     return "\n".join(lines)
 
 

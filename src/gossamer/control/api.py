@@ -429,7 +429,7 @@ def create_app(
 
     @app.get("/v1/endpoints")
     async def endpoints(service: str | None = None) -> dict[str, Any]:
-        return {"items": [endpoint_item(reg) for reg in registry.endpoints(service)]}
+        return {"items": [endpoint_item(reg) for reg in registry.app_endpoints(service)]}
 
     @app.get("/v1/proxies")
     async def proxies() -> dict[str, Any]:

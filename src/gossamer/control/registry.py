@@ -94,12 +94,22 @@ class Registry:
         return self._entries.get(proxy_id)
 
     def endpoints(self, service: str | None = None) -> list[Registration]:
-        """Every registration (or those of `service`), ordered by proxy id."""
+        """Every registration (or those of `service`), ordered by proxy id; proxies without an
+        app included (see `app_endpoints`)."""
         return [
             reg
             for _, reg in sorted(self._entries.items())
             if service is None or reg.service == service
         ]
+
+    def app_endpoints(self, service: str | None = None) -> list[Registration]:
+        """The registrations that are endpoints of their service (or of `service`), by proxy id.
+
+        A proxy with no app behind it (`appPort` 0: a `publish` front door) is registered, and
+        is listed among the proxies, but serves no requests for its service, so it is no endpoint
+        (the translator leaves it out of clusters for the same reason).
+        """
+        return [reg for reg in self.endpoints(service) if reg.app_port]
 
     async def register(self, registration: Registration) -> Registration:
         """Add or replace a proxy's registration; it starts with a fresh heartbeat."""

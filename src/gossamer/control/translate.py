@@ -25,6 +25,13 @@ What every proxy gets:
   several policies for one target the first by `namespace/name`), else from the Mesh defaults;
 - the inbound listener for the proxy's own registration, and its SPIFFE identity.
 
+A front door (a proxy registered with the label `gossamer.dev/publish: S`, which `gossamer up` runs
+for a Service's `publish: PORT`) gets less: service S's virtual host with its rules, and only the
+clusters those rules send to. Every other service keeps its virtual host and domains but with no
+rules, so a request naming it (`Host: pricing`, or `GET http://pricing/...` through the port as an
+HTTP proxy) gets the `no-route` 404 instead of reaching it: the published port exposes S alone.
+Any other host (`localhost:8080`, `127.0.0.1:PORT`) goes to S by the proxy's `--default-host S`.
+
 Retries when a rule has no `retry` block: 2 retries on `connect-failure` only. Istio retries twice
 by default on connect failures, refused streams and 503s, whatever the method; Linkerd retries
 nothing unless asked. A connect failure means the request never reached the app, so retrying it is
@@ -63,7 +70,11 @@ from gossamer.control.translate_routes import (
     cluster_name,
 )
 
-__all__ = ["DEFAULT_RETRY", "TranslateError", "spiffe_id", "translate"]
+__all__ = ["DEFAULT_RETRY", "PUBLISH_LABEL", "TranslateError", "spiffe_id", "translate"]
+
+# The label of a front door for one service: its value is the service's name, in the proxy's
+# namespace (`gossamer up` sets it on the proxy it runs for `publish: PORT`).
+PUBLISH_LABEL = "gossamer.dev/publish"
 
 DEFAULT_RETRY = snap.RetryPolicy(attempts=2, retry_on=["connect-failure"])
 
@@ -116,14 +127,24 @@ def translate(
 
     routes_by_parent = _attached_routes(world.routes, proxy.namespace)
 
+    front = proxy.labels.get(PUBLISH_LABEL)
+    front_key = (proxy.namespace, front) if front is not None else None
     wanted: set[ClusterKey] = set()
     rules: dict[tuple[str, str], list[snap.RouteRule]] = {}
     for (ns, name), service in world.services.items():
-        wanted.add((name, ns, None))
-        wanted.update((name, ns, s.name) for s in service.spec.subsets)
         service_rules, referenced = build_rules(
             (name, ns, None), routes_by_parent.get((ns, name), []), defaults
         )
+        if front_key is not None:
+            # A front door serves its one service: no rules (so no-route) for the others.
+            if (ns, name) == front_key:
+                rules[(ns, name)] = service_rules
+                wanted.update(referenced)
+            else:
+                rules[(ns, name)] = []
+            continue
+        wanted.add((name, ns, None))
+        wanted.update((name, ns, s.name) for s in service.spec.subsets)
         rules[(ns, name)] = service_rules
         wanted.update(referenced)
 

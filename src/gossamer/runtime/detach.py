@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,24 +78,83 @@ def start_detached(
         threading.Thread(target=proc.wait, name="reap-supervisor", daemon=True).start()
 
 
-def stop_mesh(state: StateDir, timeout: float, clock: Callable[[], float] = time.monotonic) -> bool:
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop_mesh` found and did."""
+
+    running: bool  # a live supervisor was found and stopped
+    gone: bool  # the state dir had a mesh whose supervisor was no longer alive
+    supervisor_pid: int | None
+    leftovers: int  # processes of the run that were still alive after it, and were killed
+
+
+def supervisor_gone(state: StateDir) -> int | None:
+    """The pid of the supervisor that status.json names when it is gone, else None.
+
+    status.json outlives a supervisor that was killed outright (it is removed on a clean stop);
+    its processes may still run then, or its children may have got their death signal.
+    Returns 0 when status.json names no pid.
+    """
+    status = state.read_status()
+    if status is None:
+        return None
+    pid = status.get("supervisorPid")
+    if not isinstance(pid, int):
+        pid = state.read_pid()
+    if pid is not None and pid_alive(pid):
+        return None
+    return pid or 0
+
+
+def stop_mesh(
+    state: StateDir, timeout: float, clock: Callable[[], float] = time.monotonic
+) -> Stopped:
     """Stop the mesh running from `state`: SIGTERM its supervisor and wait for it to finish.
 
-    Whatever the status file lists that is still alive afterwards (a supervisor that was killed
-    outright leaves its children behind) is killed by process group.
-
-    Returns:
-        Whether a running supervisor was found.
+    Whatever of the run is still alive afterwards (a supervisor that was killed outright leaves
+    its workloads' grandchildren, and children that ignore their death signal) is killed.
     """
     status = state.read_status()
     pid = state.read_pid()
-    found = pid is not None and pid_alive(pid)
-    if pid is not None and found:
+    if pid is None and status is not None and isinstance(status.get("supervisorPid"), int):
+        pid = status["supervisorPid"]
+    running = pid is not None and pid_alive(pid)
+    if pid is not None and running:
         _stop_pid(pid, timeout, clock)
-    if status is not None:
-        kill_leftovers(status)
+    leftovers = clean_up_run(status, timeout, clock) if status is not None else 0
     state.clear_run()
-    return found
+    return Stopped(
+        running=running,
+        gone=status is not None and not running,
+        supervisor_pid=pid,
+        leftovers=leftovers,
+    )
+
+
+def clean_up_run(
+    status: dict[str, Any], timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """SIGKILL every process of the run that `status` describes; how many there were.
+
+    The recorded children's process groups first, then anything else whose environment carries
+    the run's id (a workload's grandchild that left its group). Waits, up to `timeout`, until they
+    are gone, so that their ports are free for the next `gossamer up`.
+    """
+    run_id = status.get("runId")
+    found = {p for p in processes_of_run(run_id) if p != os.getpid()} if run_id else set()
+    found.update(kill_leftovers(status))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(NotReady):
+        wait_for(
+            lambda: True if not any(pid_alive(p) for p in found) else None,
+            deadline=clock() + timeout,
+            what="the leftover processes to exit",
+            clock=clock,
+            interval=0.02,
+        )
+    return len(found)
 
 
 def kill_leftovers(status: dict[str, Any]) -> list[int]:

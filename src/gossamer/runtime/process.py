@@ -1,13 +1,28 @@
-"""One child process of the mesh, in its own process group so that its whole tree dies with it."""
+"""One child process of the mesh, in its own process group so that its whole tree dies with it.
+
+On Linux each child also dies with the supervisor: it is started through a small exec wrapper
+that sets PR_SET_PDEATHSIG (SIGTERM) and then execs the command, so a supervisor killed outright
+(kill -9, the OOM killer) leaves no control plane, sidecar or workload behind: they get SIGTERM
+and drain.
+Not preexec_fn: the supervisor runs threads (log pumps, restarts), and Python code between fork
+and exec in a threaded process can deadlock. The death signal fires when the *thread* that forked
+the child ends, not the process, so every child is started from one long-lived spawner thread
+(restarts happen on log threads that end). A grandchild a workload forks does not inherit the
+setting; `gossamer down` finds those by GOSSAMER_RUN_ID.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +30,69 @@ from typing import Literal
 from gossamer.runtime.logs import LogMux
 
 Kind = Literal["control-plane", "sidecar", "workload", "publish"]
+
+PR_SET_PDEATHSIG = 1
+
+# argv: PARENT_PID PROGRAM_PATH ARGV0 ARGS... Runs with -I -S: no site, no PYTHON* variables, so
+# the child's environment cannot change what it does, and it starts in a few milliseconds.
+EXEC_WRAPPER = f"""\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("gossamer: the supervisor exited before this process started")
+try:
+    os.execv(sys.argv[2], sys.argv[3:])
+except OSError as exc:
+    sys.exit(f"gossamer: cannot run {{sys.argv[2]}}: {{exc.strerror or exc}}")
+"""
+
+# The death signal needs a prctl that only Linux has.
+DIE_WITH_SUPERVISOR = sys.platform.startswith("linux")
+
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gossamer-spawner")
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path | None) -> subprocess.Popen[bytes]:
+    """Popen `argv` from the spawner thread, through the exec wrapper where it is supported."""
+    if DIE_WITH_SUPERVISOR:
+        program = _resolve(argv[0], env, cwd)
+        argv = [sys.executable, "-I", "-S", "-c", EXEC_WRAPPER, str(os.getpid()), program, *argv]
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    return _spawner.submit(popen).result()
+
+
+def _resolve(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
+    """The file `program` names, as exec would find it (PATH from `env`).
+
+    Raises:
+        OSError: no such program, or it is not executable: the same errors Popen raises for it,
+            so a bad command fails in the supervisor, with its name, not in the wrapper.
+    """
+    if os.sep not in program:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return found
+    path = Path(program) if os.path.isabs(program) else (cwd or Path.cwd()) / program
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    return str(path)
 
 
 @dataclass
@@ -42,7 +120,8 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, mux: LogMux, on_exit: Callable[[Child], None]) -> None:
-        """Start the process in a new session (its own process group, no controlling terminal).
+        """Start the process in a new session (its own process group, no controlling terminal),
+        set to get SIGTERM when the supervisor dies (Linux).
 
         Raises:
             OSError: the command could not be started (not found, not executable, bad cwd).
@@ -51,15 +130,7 @@ class Child:
         # A fresh event per run: a restarted child must not look exited from its previous run.
         exited = threading.Event()
         self._exited = exited
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = _spawn(self.argv, self.env, self.cwd)
         proc = self.proc
 
         def eof() -> None:

@@ -40,6 +40,10 @@ from gossamer.runtime.readiness import (
 )
 from gossamer.runtime.state import StateDir, write_json_atomic
 
+# The label of a `publish` front door (control/translate.py reads it; importing it from there
+# would load pydantic and the config models into every `gossamer up`).
+PUBLISH_LABEL = "gossamer.dev/publish"
+
 # Every process of one run carries this in its environment, so a test (or an operator) can find
 # all of them, grandchildren included.
 RUN_ID_ENV = "GOSSAMER_RUN_ID"
@@ -206,6 +210,10 @@ def publish_argv(
         pub.proxy_id,
         "--outbound",
         f"127.0.0.1:{pub.port}",
+        # The label makes the control plane send this proxy only its service's routes (a front
+        # door, not an open proxy into the mesh); the default host sends any other host to it.
+        "--label",
+        f"{PUBLISH_LABEL}={pub.service}",
         "--default-host",
         pub.service,
         "--control-plane",
