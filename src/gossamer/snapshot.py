@@ -239,6 +239,59 @@ class Cluster(_Base, kw_only=True, frozen=True):
     endpoints: list[Endpoint] = []
 
 
+# --- authorization -------------------------------------------------------------------------------
+
+AuthzAction = Literal["ALLOW", "DENY", "AUDIT"]
+AuthzPathType = Literal["Exact", "Prefix", "Suffix", "PathPrefix", "RegularExpression"]
+
+
+class AuthzPath(_Base, kw_only=True, frozen=True):
+    """Exact; Prefix/Suffix: Istio's `/api/*` and `*.png` (plain string, "" = any path);
+    PathPrefix: HTTPRoute's segment-aware prefix; RegularExpression: the whole path."""
+
+    type: AuthzPathType
+    value: str
+
+
+class AuthzSource(_Base, kw_only=True, frozen=True):
+    """Principals are `spiffe://` patterns with `*` alone, first or last; namespaces likewise."""
+
+    principals: list[str] = []
+    not_principals: list[str] = []
+    namespaces: list[str] = []
+    not_namespaces: list[str] = []
+
+
+class AuthzOperation(_Base, kw_only=True, frozen=True):
+    paths: list[AuthzPath] = []
+    not_paths: list[AuthzPath] = []
+    methods: list[str] = []
+    not_methods: list[str] = []
+    ports: list[int] = []
+    not_ports: list[int] = []
+
+
+class AuthzRule(_Base, kw_only=True, frozen=True):
+    """`from` AND `to`; entries of each OR-ed; empty = no condition."""
+
+    from_: list[AuthzSource] = msgspec.field(default_factory=list, name="from")
+    to: list[AuthzOperation] = []
+
+
+class AuthzPolicy(_Base, kw_only=True, frozen=True):
+    name: str  # "<namespace>/<name>"
+    action: AuthzAction = "ALLOW"
+    rules: list[
+        AuthzRule
+    ] = []  # none: an ALLOW policy allows nothing, DENY and AUDIT match nothing
+
+
+class AuthzConfig(_Base, kw_only=True, frozen=True):
+    """The AuthorizationPolicies that select this proxy's own service, by name."""
+
+    policies: list[AuthzPolicy] = []
+
+
 # --- the whole -----------------------------------------------------------------------------------
 
 
@@ -249,6 +302,7 @@ class Snapshot(_Base, kw_only=True, frozen=True):
     listeners: Listeners = Listeners()
     virtual_hosts: list[VirtualHost] = []
     clusters: list[Cluster] = []
+    authz: AuthzConfig | None = None  # None: no policy selects this proxy's service
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")

@@ -173,7 +173,10 @@ def test_get_kind_aliases_and_query(api, capsys) -> None:
     assert json.loads(out) == {"items": [SERVICE]}
     code, _, err = run(capsys, "get", "routez", "--control-plane", api.url)
     assert code == 1
-    assert "unknown kind 'routez'; kinds are Mesh, Service, HTTPRoute, DestinationPolicy" in err
+    assert (
+        "unknown kind 'routez'; kinds are Mesh, Service, HTTPRoute, DestinationPolicy, "
+        "AuthorizationPolicy" in err
+    )
     assert resolve_kind("routes") == "HTTPRoute"
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from gossamer.cli.main import CommandError
 
 ENV_CONTROL_PLANE = "GOSSAMER_CONTROL_PLANE"
-KINDS = ("Mesh", "Service", "HTTPRoute", "DestinationPolicy")
+KINDS = ("Mesh", "Service", "HTTPRoute", "DestinationPolicy", "AuthorizationPolicy")
 _ALIASES = {
     "mesh": "Mesh",
     "meshes": "Mesh",
@@ -30,6 +30,9 @@ _ALIASES = {
     "destinationpolicy": "DestinationPolicy",
     "destinationpolicies": "DestinationPolicy",
     "dp": "DestinationPolicy",
+    "authorizationpolicy": "AuthorizationPolicy",
+    "authorizationpolicies": "AuthorizationPolicy",
+    "authz": "AuthorizationPolicy",
 }
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -312,6 +315,10 @@ def summarize(item: dict[str, Any]) -> str:
         name = target.get("name", "?") + (f"/{target['subset']}" if target.get("subset") else "")
         lb = (spec.get("loadBalancer") or {}).get("policy")
         return f"{name}" + (f"; {lb}" if lb else "")
+    if kind == "AuthorizationPolicy":
+        target = (spec.get("targetRef") or {}).get("name") or "every service in the namespace"
+        rules = spec.get("rules") or []
+        return f"{target}; {spec.get('action', 'ALLOW')}, {len(rules)} rule(s)"
     if kind == "Mesh":
         lb = ((spec.get("defaults") or {}).get("loadBalancer")) or "LEAST_REQUEST"
         return f"trust domain {spec.get('trustDomain', 'gossamer.local')}; {lb}"

@@ -1,4 +1,5 @@
-"""Resource models for gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy.
+"""Resource models for gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy and
+AuthorizationPolicy.
 
 Field names are camelCase on the wire (as in Kubernetes and the Gateway API), snake_case in Python.
 Unknown fields are errors. Durations are strings like "250ms", "5s", "1m" (Gateway API GEP-2257) and
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from gossamer.http import syntax
+from gossamer.security.spiffe import SpiffeId, SpiffeIdError
 
 API_VERSION = "gossamer.dev/v1alpha1"
 
@@ -607,11 +609,231 @@ class DestinationPolicy(Resource):
     spec: DestinationPolicySpec
 
 
+# --- AuthorizationPolicy (Istio's shape) ----------------------------------------------------------
+
+_SPIFFE = "spiffe://"
+_PRINCIPAL_CHARS = re.compile(r"[a-zA-Z0-9._/:-]*")
+_NAMESPACE_CHARS = re.compile(r"[a-z0-9-]*")
+_METHOD = re.compile(r"[A-Z]+")
+
+
+def _wildcard(value: str, what: str) -> tuple[str, str]:
+    """Split an Istio string match into (form, literal): form is "any", "prefix", "suffix" or
+    "exact"; a `*` is allowed alone, first or last, never elsewhere."""
+    if value == "*":
+        return "any", ""
+    if value.startswith("*"):
+        form, literal = "suffix", value[1:]
+    elif value.endswith("*"):
+        form, literal = "prefix", value[:-1]
+    else:
+        form, literal = "exact", value
+    if not literal:
+        raise ValueError(f"{what} must not be empty")
+    if "*" in literal:
+        raise ValueError(
+            f"{what} {value!r}: '*' is only allowed alone, as the first or as the last character"
+        )
+    return form, literal
+
+
+def normalize_principal(value: object) -> object:
+    """A principal pattern in the `spiffe://` form: Istio's short `td/ns/x/sa/y` gets the scheme.
+
+    `*` alone, `prefix*` and `*suffix` are wildcards; an exact principal must be a valid SPIFFE ID.
+    """
+    if not isinstance(value, str):
+        return value
+    form, literal = _wildcard(value, "principal")
+    if form in ("any", "suffix"):
+        # A suffix matches the end of the ID: there is no scheme to add.
+        if not _PRINCIPAL_CHARS.fullmatch(literal):
+            raise ValueError(
+                f"principal {value!r} may only hold letters, digits, '.', '-', '_' and '/'"
+            )
+        return value
+    full = literal if literal.startswith(_SPIFFE) else _SPIFFE + literal
+    if form == "exact":
+        try:
+            return str(SpiffeId.parse(full))
+        except SpiffeIdError as exc:
+            raise ValueError(f"principal {value!r} is not a SPIFFE ID: {exc}") from None
+    if not _PRINCIPAL_CHARS.fullmatch(full[len(_SPIFFE) :]):
+        raise ValueError(
+            f"principal {value!r} may only hold letters, digits, '.', '-', '_' and '/'"
+        )
+    return full + "*"
+
+
+def _namespace_pattern(value: object) -> object:
+    if isinstance(value, str):
+        _, literal = _wildcard(value, "namespace")
+        if not _NAMESPACE_CHARS.fullmatch(literal):
+            raise ValueError(
+                f"namespace {value!r} may only hold lower-case letters, digits and '-' "
+                "(and '*' first or last)"
+            )
+    return value
+
+
+def _method(value: object) -> object:
+    if isinstance(value, str) and not _METHOD.fullmatch(value):
+        if value.upper() != value and _METHOD.fullmatch(value.upper()):
+            raise ValueError(
+                f"method {value!r}: HTTP methods are upper-case, write {value.upper()!r}"
+            )
+        raise ValueError(f"method {value!r} is not an HTTP method such as GET or POST")
+    return value
+
+
+def _port(value: object) -> object:
+    # Istio writes ports as strings ("8080"); both forms are accepted.
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+def _authz_path(value: object) -> object:
+    """Istio's path string (`/exact`, `/prefix*`, `*suffix`, `*`) as an AuthzPathMatch mapping."""
+    if not isinstance(value, str):
+        return value
+    form, literal = _wildcard(value, "path")
+    if form == "any":
+        return {"type": "Prefix", "value": ""}
+    kind = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix"}[form]
+    return {"type": kind, "value": literal}
+
+
+class AuthzPathMatch(Model):
+    """One path condition. Written as Istio's string or as this mapping (HTTPRoute's types, plus
+    Istio's plain Prefix and Suffix)."""
+
+    type: Literal["Exact", "Prefix", "Suffix", "PathPrefix", "RegularExpression"]
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _valid_value(cls, v: str, info: ValidationInfo) -> str:
+        kind = info.data.get("type")
+        if kind == "RegularExpression":
+            return _check_regex(v)
+        if kind == "Suffix":
+            if not v:
+                raise ValueError("a Suffix path must not be empty")
+            syntax.check_path("/" + v)
+        elif kind == "Prefix" and v == "":
+            pass  # `*`: any path
+        elif kind is not None:
+            if not v.startswith("/"):
+                raise ValueError(f"{kind} paths must start with '/' (or '*' for a suffix)")
+            syntax.check_path(v)
+        return v
+
+
+Principal = Annotated[str, BeforeValidator(normalize_principal)]
+NamespacePattern = Annotated[str, BeforeValidator(_namespace_pattern)]
+Method = Annotated[str, BeforeValidator(_method)]
+AuthzPort = Annotated[int, BeforeValidator(_port), Field(ge=1, le=65535)]
+AuthzPath = Annotated[AuthzPathMatch, BeforeValidator(_authz_path)]
+
+
+class AuthzSource(Model):
+    """Who sends the request; the fields are AND-ed, the values of one field OR-ed."""
+
+    principals: list[Principal] = []
+    not_principals: list[Principal] = []
+    namespaces: list[NamespacePattern] = []
+    not_namespaces: list[NamespacePattern] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AuthzSource:
+        if not (self.principals or self.not_principals or self.namespaces or self.not_namespaces):
+            raise ValueError(
+                "source must set at least one of principals, notPrincipals, namespaces, "
+                "notNamespaces (leave out `from` to match every source)"
+            )
+        return self
+
+
+class AuthzOperation(Model):
+    """What the request asks for; the fields are AND-ed, the values of one field OR-ed."""
+
+    paths: list[AuthzPath] = []
+    not_paths: list[AuthzPath] = []
+    methods: list[Method] = []
+    not_methods: list[Method] = []
+    ports: list[AuthzPort] = []
+    not_ports: list[AuthzPort] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AuthzOperation:
+        if not any(
+            (self.paths, self.not_paths, self.methods, self.not_methods, self.ports, self.not_ports)
+        ):
+            raise ValueError(
+                "operation must set at least one of paths, notPaths, methods, notMethods, ports, "
+                "notPorts (leave out `to` to match every request)"
+            )
+        return self
+
+
+class AuthzFrom(Model):
+    source: AuthzSource
+
+
+class AuthzTo(Model):
+    operation: AuthzOperation
+
+
+class AuthzRule(Model):
+    """`from` AND `to`; the entries of each are OR-ed; a rule with neither matches every request."""
+
+    from_: list[AuthzFrom] = Field([], alias="from")
+    to: list[AuthzTo] = []
+
+
+class AuthzTargetRef(Model):
+    kind: Literal["Service"] = "Service"
+    group: str = ""
+    name: Name
+    namespace: Name | None = None  # only the policy's own: a policy applies in its namespace
+
+
+class AuthorizationPolicySpec(Model):
+    target_ref: AuthzTargetRef | None = None  # None: every service in the policy's namespace
+    action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
+    rules: list[AuthzRule] = []
+
+
+class AuthorizationPolicy(Resource):
+    kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"
+    spec: AuthorizationPolicySpec = AuthorizationPolicySpec()
+
+    @field_validator("spec")
+    @classmethod
+    def _own_namespace(
+        cls, spec: AuthorizationPolicySpec, info: ValidationInfo
+    ) -> AuthorizationPolicySpec:
+        ref = spec.target_ref
+        metadata = info.data.get("metadata")  # declared before spec; absent if it failed itself
+        if (
+            ref is not None
+            and metadata is not None
+            and ref.namespace not in (None, metadata.namespace)
+        ):
+            raise ValueError(
+                f"targetRef.namespace {ref.namespace!r}: an AuthorizationPolicy applies only in "
+                f"its own namespace ({metadata.namespace!r}); create it there"
+            )
+        return spec
+
+
 KINDS: dict[str, type[Resource]] = {
     "Mesh": Mesh,
     "Service": Service,
     "HTTPRoute": HTTPRoute,
     "DestinationPolicy": DestinationPolicy,
+    "AuthorizationPolicy": AuthorizationPolicy,
 }
 
-AnyResource = Mesh | Service | HTTPRoute | DestinationPolicy
+AnyResource = Mesh | Service | HTTPRoute | DestinationPolicy | AuthorizationPolicy

@@ -1,7 +1,8 @@
 """Checks across resources: references to services, subsets and ports, duplicates, one Mesh.
 
 A resource can be valid on its own and still wrong in its mesh: an HTTPRoute sending traffic to a
-service nobody defined, a DestinationPolicy for a subset that does not exist. `check` finds these in
+service nobody defined, a DestinationPolicy for a subset that does not exist, an
+AuthorizationPolicy for an unknown service or port. `check` finds these in
 a set of loaded resources and points at the offending field; `check_against` does the same for a
 batch being applied on top of what the control plane already stores (a route may name a stored
 service).
@@ -89,6 +90,8 @@ def check_against(
                     loaded, "spec.targetRef", services, ref.name, ref.namespace, None, ref.subset
                 )
             )
+        elif isinstance(res, models.AuthorizationPolicy):
+            found[i].extend(_check_authz(loaded, res, services))
         elif isinstance(res, models.Service):
             found[i].extend(_check_subset_labels(loaded, res))
 
@@ -175,6 +178,36 @@ def _check_ref(
             message = f"service {name!r} has no subset {subset!r}{hint}"
         if message:
             problems.append(loaded.problem(f"{path}.subset", message))
+    return problems
+
+
+def _check_authz(
+    loaded: Loaded,
+    policy: models.AuthorizationPolicy,
+    services: dict[_ServiceKey, models.Service | None],
+) -> list[Problem]:
+    """The targeted service exists, and the ports its rules name are among the service's."""
+    ref = policy.spec.target_ref
+    if ref is None:
+        return []  # namespace-wide: applies to whatever services the namespace has
+    problems = _check_ref(loaded, "spec.targetRef", services, ref.name, ref.namespace, None, None)
+    service = services.get((ref.namespace or policy.metadata.namespace, ref.name))
+    if problems or service is None:
+        return problems
+    ports = [p.port for p in service.spec.ports]
+    listed = ", ".join(str(p) for p in ports)
+    for r, rule in enumerate(policy.spec.rules):
+        for t, to in enumerate(rule.to):
+            op = to.operation
+            for field, values in (("ports", op.ports), ("notPorts", op.not_ports)):
+                for k, port in enumerate(values):
+                    if port not in ports:
+                        problems.append(
+                            loaded.problem(
+                                f"spec.rules[{r}].to[{t}].operation.{field}[{k}]",
+                                f"service {ref.name!r} has no port {port} (its ports: {listed})",
+                            )
+                        )
     return problems
 
 

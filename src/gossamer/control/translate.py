@@ -23,7 +23,10 @@ What every proxy gets:
   subset has labels and the replica's labels include them all. Load balancer, connection pool and
   retry budget come from DestinationPolicies (per field: subset-level over service-level, and among
   several policies for one target the first by `namespace/name`), else from the Mesh defaults;
-- the inbound listener for the proxy's own registration, and its SPIFFE identity.
+- the inbound listener for the proxy's own registration, and its SPIFFE identity;
+- `authz`: the AuthorizationPolicies of the proxy's namespace that select its own service (by
+  targetRef, or namespace-wide without one), by `namespace/name`, for its inbound listener to
+  enforce; None when there is none, so a mesh without policies gets the Snapshot it always had.
 
 A front door (a proxy registered with the label `gossamer.dev/publish: S`, which `gossamer up` runs
 for a Service's `publish: PORT`) gets less: service S's virtual host with its rules, and only the
@@ -51,6 +54,11 @@ import msgspec
 
 from gossamer import snapshot as snap
 from gossamer.config.models import (
+    AuthorizationPolicy,
+    AuthzOperation,
+    AuthzPathMatch,
+    AuthzRule,
+    AuthzSource,
     ConnectionPoolSpec,
     DestinationPolicy,
     HTTPRoute,
@@ -92,6 +100,7 @@ class _World:
     services: dict[tuple[str, str], Service]  # (namespace, name), in sorted order
     routes: list[HTTPRoute]  # by namespace/name
     policies: list[DestinationPolicy]  # by namespace/name
+    authz: list[AuthorizationPolicy]  # by namespace/name
 
 
 def translate(
@@ -102,10 +111,10 @@ def translate(
     """Build and seal the Snapshot for one proxy.
 
     Args:
-        resources: every applied resource; kinds other than Mesh, Service, HTTPRoute and
-            DestinationPolicy are ignored. References to missing services are not errors here
-            (validation reports them): a route to one gets an empty cluster (503), a route
-            attached to one is not served.
+        resources: every applied resource; kinds other than Mesh, Service, HTTPRoute,
+            DestinationPolicy and AuthorizationPolicy are ignored. References to missing services
+            are not errors here (validation reports them): a route to one gets an empty cluster
+            (503), a route attached to one is not served.
         endpoints: every registration in the registry, healthy or not.
         proxy: who asks; its namespace decides bare service names, its id finds its registration.
 
@@ -165,6 +174,7 @@ def translate(
         listeners=snap.Listeners(inbound=_inbound(world, regs, proxy)),
         virtual_hosts=virtual_hosts,
         clusters=clusters,
+        authz=_authz(world.authz, proxy),
     )
     return snap.seal(built)
 
@@ -178,6 +188,7 @@ def _index(resources: Iterable[Resource]) -> _World:
     services: list[Service] = []
     routes: list[HTTPRoute] = []
     policies: list[DestinationPolicy] = []
+    authz: list[AuthorizationPolicy] = []
     for r in resources:
         if isinstance(r, Mesh):
             meshes.append(r)
@@ -187,6 +198,8 @@ def _index(resources: Iterable[Resource]) -> _World:
             routes.append(r)
         elif isinstance(r, DestinationPolicy):
             policies.append(r)
+        elif isinstance(r, AuthorizationPolicy):
+            authz.append(r)
 
     by_key: dict[tuple[str, str], Service] = {
         (s.metadata.namespace, s.metadata.name): s for s in _unique(services)
@@ -196,6 +209,7 @@ def _index(resources: Iterable[Resource]) -> _World:
         services=by_key,
         routes=_unique(routes),
         policies=_unique(policies),
+        authz=_unique(authz),
     )
 
 
@@ -404,3 +418,61 @@ def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
     return msgspec.structs.replace(
         proxy, spiffe_id=spiffe_id(world.mesh.trust_domain, proxy.namespace, account)
     )
+
+
+def _authz(
+    policies: Sequence[AuthorizationPolicy], proxy: snap.ProxyIdentity
+) -> snap.AuthzConfig | None:
+    """The policies selecting the proxy's own service, already sorted by namespace/name."""
+    chosen = [
+        _authz_policy(p)
+        for p in policies
+        if p.metadata.namespace == proxy.namespace
+        and (
+            p.spec.target_ref is None
+            or (
+                p.spec.target_ref.name == proxy.service
+                and p.spec.target_ref.namespace in (None, proxy.namespace)
+            )
+        )
+    ]
+    return snap.AuthzConfig(policies=chosen) if chosen else None
+
+
+def _authz_policy(policy: AuthorizationPolicy) -> snap.AuthzPolicy:
+    return snap.AuthzPolicy(
+        name=f"{policy.metadata.namespace}/{policy.metadata.name}",
+        action=policy.spec.action,
+        rules=[_authz_rule(r) for r in policy.spec.rules],
+    )
+
+
+def _authz_rule(rule: AuthzRule) -> snap.AuthzRule:
+    return snap.AuthzRule(
+        from_=[_authz_source(f.source) for f in rule.from_],
+        to=[_authz_operation(t.operation) for t in rule.to],
+    )
+
+
+def _authz_source(source: AuthzSource) -> snap.AuthzSource:
+    return snap.AuthzSource(
+        principals=list(source.principals),
+        not_principals=list(source.not_principals),
+        namespaces=list(source.namespaces),
+        not_namespaces=list(source.not_namespaces),
+    )
+
+
+def _authz_operation(op: AuthzOperation) -> snap.AuthzOperation:
+    return snap.AuthzOperation(
+        paths=[_authz_path(p) for p in op.paths],
+        not_paths=[_authz_path(p) for p in op.not_paths],
+        methods=list(op.methods),
+        not_methods=list(op.not_methods),
+        ports=list(op.ports),
+        not_ports=list(op.not_ports),
+    )
+
+
+def _authz_path(path: AuthzPathMatch) -> snap.AuthzPath:
+    return snap.AuthzPath(type=path.type, value=path.value)
