@@ -2,7 +2,9 @@
 
 It runs `gossamer up -d FILE` in a temp state dir, changes one HTTPRoute's first backend weight N
 times through the control plane's `POST /v1/apply`, and after each apply polls `GET /v1/proxies`
-until every proxy's ackedVersion equals its sentVersion (and its currentVersion) and has changed.
+until every proxy ACKed the latest Snapshot built for it (ackedVersion == sentVersion ==
+currentVersion) and the change reached them: at least one version is new. Proxies the change does
+not concern (a published front door only carries its own service's routes) keep their version.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -60,33 +63,51 @@ def changed_route(route: dict[str, Any], step: int) -> dict[str, Any]:
 
 
 def all_acked(items: Sequence[dict[str, Any]], before: Mapping[str, str | None]) -> bool:
-    """Every proxy ACKed the latest Snapshot built for it, and it is new since `before`.
+    """Every proxy ACKed the latest Snapshot built for it, and the change is among them.
+
+    The control plane rebuilds every proxy's Snapshot in one pass, so once any version differs
+    from `before`, each proxy the change concerns has its new version too; a proxy it does not
+    concern keeps its old one, acked.
 
     Args:
         items: `GET /v1/proxies` items.
-        before: proxyId -> sentVersion before the apply.
+        before: proxyId -> sentVersion before the apply (empty: any acked state will do).
     """
     if not items:
         return False
+    changed = not before
     for p in items:
         sent, acked = p.get("sentVersion"), p.get("ackedVersion")
         current = p.get("currentVersion", sent)
-        if sent is None or acked != sent or current != sent or sent == before.get(p["proxyId"]):
+        if sent is None or acked != sent or current != sent:
             return False
-    return True
+        changed = changed or sent != before.get(p["proxyId"])
+    return changed
 
 
 class Api:
-    def __init__(self, base: str) -> None:
+    """The operator API over HTTPS: the admin token and CA bundle from the mesh's state dir."""
+
+    def __init__(self, base: str, state_dir: Path | None = None) -> None:
         self.base = base.rstrip("/")
+        self.headers = {"content-type": "application/json"}
+        context = None
+        if state_dir is not None:
+            cp_dir = state_dir / "control-plane"
+            token = (cp_dir / "admin.token").read_text().strip()
+            self.headers["authorization"] = f"Bearer {token}"
+            context = ssl.create_default_context(cafile=str(cp_dir / "ca-bundle.pem"))
+        self.opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
 
     def call(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"content-type": "application/json"}
+            self.base + path, data=data, method=method, headers=self.headers
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with self.opener.open(req, timeout=10) as resp:
                 out: dict[str, Any] = json.loads(resp.read())
                 return out
         except urllib.error.HTTPError as exc:
@@ -139,7 +160,7 @@ def run(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
     status = gossamer("status", "--json", "--state-dir", str(state_dir), timeout=30)
     if status.returncode != 0:
         raise PropagationError(f"gossamer status failed: {status.stderr.strip()[:200]}")
-    api = Api(json.loads(status.stdout)["controlPlane"])
+    api = Api(json.loads(status.stdout)["controlPlane"], state_dir)
 
     routes = api.call("GET", "/v1/resources?kind=HTTPRoute")["items"]
     if args.route:

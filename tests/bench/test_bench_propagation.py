@@ -60,11 +60,14 @@ def proxy(
     }
 
 
-def test_all_acked_needs_every_proxy_on_a_new_acked_version() -> None:
+def test_all_acked_needs_every_proxy_acked_and_the_change_among_them() -> None:
     before = {"a": "v1", "b": "v1"}
     assert propagate.all_acked([proxy("a", "v2", "v2"), proxy("b", "v2", "v2")], before)
     assert not propagate.all_acked([proxy("a", "v2", "v2"), proxy("b", "v2", "v1")], before)
-    assert not propagate.all_acked([proxy("a", "v2", "v2"), proxy("b", "v1", "v1")], before)
+    # A proxy the change does not concern (a front door) keeps its acked version.
+    assert propagate.all_acked([proxy("a", "v2", "v2"), proxy("b", "v1", "v1")], before)
+    # Nothing changed yet: the control plane has not rebuilt since the apply.
+    assert not propagate.all_acked([proxy("a", "v1", "v1"), proxy("b", "v1", "v1")], before)
     # Sent and ACKed, but a newer Snapshot is already built: not there yet.
     assert not propagate.all_acked([proxy("a", "v2", "v2", current="v3")], {"a": "v1"})
     assert not propagate.all_acked([], before)

@@ -9,7 +9,7 @@ import pytest
 
 from gossamer.config import models
 from gossamer.config.errors import ConfigError, Problem
-from gossamer.config.loader import Loaded, load_files, load_objects, load_text
+from gossamer.config.loader import Loaded, collect_text, load_files, load_objects, load_text
 
 HEAD = "apiVersion: gossamer.dev/v1alpha1\n"
 
@@ -368,3 +368,10 @@ def test_directory_without_yaml_files_is_a_problem(tmp_path: Path) -> None:
     assert [str(p) for p in info.value.problems] == [
         f"{tmp_path}: directory has no .yaml or .yml files"
     ]
+
+
+def test_a_reused_anchor_is_a_problem_not_a_stray_warning() -> None:
+    """ruamel only warns about a reused anchor; in a config that is ambiguous, so it is reported."""
+    text = "a: &x 1\nb: &x 2\n"
+    _, problems = collect_text(text, "shop.yaml")
+    assert "shop.yaml:2:4: invalid YAML: found duplicate anchor 'x'" in [str(p) for p in problems]

@@ -16,6 +16,12 @@ from gossamer.control.api import create_app
 from gossamer.control.registry import Registration
 from gossamer.control.server import ControlPlane
 
+
+def admin_headers(cp: ControlPlane) -> dict[str, str]:
+    """The first admin token, as `gossamer up` users get it from the state dir."""
+    return {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
+
+
 API = "gossamer.dev/v1alpha1"
 
 
@@ -65,7 +71,9 @@ async def start(state_dir: Path, translate: Any = None) -> tuple[ControlPlane, h
     cp = await ControlPlane.open(state_dir, clock=clock, translate=translate, debounce=0.01)
     await cp.start()
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(cp)), base_url="http://cp"
+        transport=httpx.ASGITransport(app=create_app(cp)),
+        base_url="http://cp",
+        headers=admin_headers(cp),
     )
     return cp, client
 
@@ -81,7 +89,8 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
 
 async def test_healthz_and_openapi(h: Harness) -> None:
     resp = await h.client.get("/healthz")
-    assert resp.json() == {"status": "ok", "revision": 0}
+    # The mesh CA's root and the first admin token are the store's first writes.
+    assert resp.json() == {"status": "ok", "revision": await h.cp.store.revision()}
     spec = (await h.client.get("/openapi.json")).json()
     assert "/v1/apply" in spec["paths"]
     assert "/v1/proxies/{proxy_id}/snapshot" in spec["paths"]
@@ -117,6 +126,7 @@ async def test_dry_run_validates_only(h: Harness) -> None:
 
 async def test_unknown_service_rejected_with_suggestion_all_or_nothing(h: Harness) -> None:
     """A batch with a dangling reference writes nothing, and says what was probably meant."""
+    before = (await h.client.get("/healthz")).json()["revision"]
     resp = await h.client.post(
         "/v1/apply", json={"resources": [svc("pricing"), route("to-pricing", "pricing", "pricng")]}
     )
@@ -124,7 +134,7 @@ async def test_unknown_service_rejected_with_suggestion_all_or_nothing(h: Harnes
     assert "did you mean 'pricing'" in error["message"]
     assert error["details"][0]["path"] == "resources[1].spec.rules[0].backendRefs[0].name"
     assert_error(await h.client.get("/v1/resources/Service/default/pricing"), 404, "not_found")
-    assert (await h.client.get("/healthz")).json()["revision"] == 0
+    assert (await h.client.get("/healthz")).json()["revision"] == before
 
 
 async def test_reference_to_stored_service_is_accepted(h: Harness) -> None:
@@ -164,7 +174,7 @@ async def test_request_validation_errors_have_the_shape(h: Harness) -> None:
 
 
 async def test_get_list_delete(h: Harness) -> None:
-    await h.client.post(
+    applied = await h.client.post(
         "/v1/apply",
         json={"resources": [svc("pricing"), svc("cart"), route("r", "pricing", "cart")]},
     )
@@ -174,13 +184,16 @@ async def test_get_list_delete(h: Harness) -> None:
 
     listed = (await h.client.get("/v1/resources?kind=Service")).json()
     assert [i["metadata"]["name"] for i in listed["items"]] == ["cart", "pricing"]
-    assert listed["revision"] == 1
+    assert listed["revision"] == applied.json()["revision"]
     everything = (await h.client.get("/v1/resources?namespace=default")).json()
     assert len(everything["items"]) == 3
     assert (await h.client.get("/v1/resources?namespace=other")).json()["items"] == []
 
     deleted = await h.client.delete("/v1/resources/HTTPRoute/default/r")
-    assert deleted.json() == {"key": "HTTPRoute/default/r", "revision": 2}
+    assert deleted.json() == {
+        "key": "HTTPRoute/default/r",
+        "revision": applied.json()["revision"] + 1,
+    }
     assert_error(await h.client.delete("/v1/resources/HTTPRoute/default/r"), 404, "not_found")
     bad_kind = assert_error(await h.client.get("/v1/resources?kind=Servce"), 400, "bad_request")
     assert "did you mean 'Service'" in bad_kind["message"]

@@ -12,6 +12,12 @@ import pytest
 from gossamer.control.api import create_app
 from gossamer.control.server import ControlPlane
 
+
+def admin_headers(cp: ControlPlane) -> dict[str, str]:
+    """The first admin token, as `gossamer up` users get it from the state dir."""
+    return {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
+
+
 API = "gossamer.dev/v1alpha1"
 
 
@@ -30,7 +36,9 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     cp = await ControlPlane.open(tmp_path, clock=FakeClock(), debounce=0.01)
     await cp.start()
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(cp)), base_url="http://cp"
+        transport=httpx.ASGITransport(app=create_app(cp)),
+        base_url="http://cp",
+        headers=admin_headers(cp),
     ) as c:
         yield c
     await cp.close()

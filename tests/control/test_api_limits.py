@@ -15,6 +15,12 @@ import pytest
 from gossamer.control.api import MAX_APPLY_RESOURCES, MAX_DETAILS, create_app
 from gossamer.control.server import ControlPlane
 
+
+def admin_headers(cp: ControlPlane) -> dict[str, str]:
+    """The first admin token, as `gossamer up` users get it from the state dir."""
+    return {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
+
+
 API = "gossamer.dev/v1alpha1"
 
 
@@ -46,7 +52,9 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     cp = await ControlPlane.open(tmp_path, clock=FakeClock(), debounce=0.01)
     await cp.start()
     app = create_app(cp, max_body_bytes=64 * 1024)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://cp", headers=admin_headers(cp)
+    ) as c:
         yield c
     await cp.close()
 
@@ -81,7 +89,9 @@ async def test_too_many_resources(tmp_path: Path) -> None:
     await cp.start()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(cp)), base_url="http://cp"
+            transport=httpx.ASGITransport(app=create_app(cp)),
+            base_url="http://cp",
+            headers=admin_headers(cp),
         ) as c:
             resp = await c.post("/v1/apply", json={"resources": [{}] * (MAX_APPLY_RESOURCES + 1)})
             error = assert_error(resp, 422, "invalid")
@@ -146,7 +156,10 @@ async def test_apply_validates_off_the_event_loop(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(cp)), base_url="http://cp", timeout=60
+            transport=httpx.ASGITransport(app=create_app(cp)),
+            base_url="http://cp",
+            headers=admin_headers(cp),
+            timeout=60,
         ) as c:
             started = loop.time()
             task = asyncio.create_task(

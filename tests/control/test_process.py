@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gossamer.control.client import ApiError, ControlPlaneClient
+from gossamer.control.client import ApiError, ControlPlaneClient, Credentials
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ class Runner:
         self.ready = tmp / "ready.json"
         self.log = tmp / "cp.log"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.info: dict[str, Any] = {}
 
     def start(self) -> tuple[subprocess.Popen[bytes], ControlPlaneClient]:
         self.ready.unlink(missing_ok=True)
@@ -67,8 +70,11 @@ class Runner:
         self.procs.append(proc)
         info = wait_ready(proc, self.ready)
         assert info["pid"] == proc.pid
-        assert info["api"].startswith("http://127.0.0.1:")
-        return proc, ControlPlaneClient(info["api"], timeout=5)
+        assert info["api"].startswith("https://127.0.0.1:")
+        assert info["internal"].startswith("http://127.0.0.1:")
+        self.info = info
+        creds = Credentials.from_state_dir(self.state)
+        return proc, ControlPlaneClient(info["api"], timeout=5, credentials=creds)
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -87,6 +93,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 def test_apply_kill_restart_state_intact(runner: Runner) -> None:
     proc, client = runner.start()
     assert client.healthz()["status"] == "ok"
+    before = client.healthz()["revision"]
     result = client.apply(
         [
             {"apiVersion": API, "kind": "Service", "metadata": {"name": "pricing"}},
@@ -99,7 +106,7 @@ def test_apply_kill_restart_state_intact(runner: Runner) -> None:
         ]
     )
     assert [r["action"] for r in result["results"]] == ["created", "created"]
-    assert result["revision"] == 1
+    assert result["revision"] == before + 1
     client.request(
         "POST",
         "/v1/proxies/pricing-0/register",
@@ -152,7 +159,7 @@ def test_sigint_stops_cleanly_during_long_poll(runner: Runner) -> None:
             sys.executable,
             "-c",
             "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=60).read()",
-            f"{client.base_url}/v1/proxies/p-0/snapshot?version={version}&wait=60",
+            f"{runner.info['internal']}/v1/proxies/p-0/snapshot?version={version}&wait=60",
         ],
         stderr=subprocess.DEVNULL,
     )
@@ -184,3 +191,88 @@ def test_bad_listen_address_is_one_clear_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "--listen must be host:port" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--noproxy", "*", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def gossamer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gossamer.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_https_api_for_real_clients_and_tokens_never_logged(runner: Runner, tmp_path: Path) -> None:
+    proc, _ = runner.start()
+    info = runner.info
+    bundle, token_file = info["caBundle"], Path(info["adminTokenFile"])
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    admin = token_file.read_text().strip()
+    port = info["api"].rsplit(":", 1)[1]
+    auth = f"Authorization: Bearer {admin}"
+
+    for host in ("127.0.0.1", "localhost"):
+        ok = curl("--cacert", bundle, "-H", auth, f"https://{host}:{port}/healthz")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["status"] == "ok"
+    bare = curl("--cacert", bundle, "-w", "%{http_code}", "-o", os.devnull,
+                f"https://127.0.0.1:{port}/healthz")  # fmt: skip
+    assert bare.stdout == "401"
+    assert (
+        curl("--cacert", bundle, f"https://127.0.0.1:{port}/v1/ca/bundle").stdout
+        == Path(bundle).read_text()
+    )
+    untrusted = curl("-H", auth, f"https://127.0.0.1:{port}/healthz")
+    assert untrusted.returncode == 60  # the system's CAs do not know the mesh's root
+    plain = curl("-H", auth, f"http://127.0.0.1:{port}/healthz")
+    assert plain.returncode != 0
+    assert "ok" not in plain.stdout
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSAMER_")}
+    env |= {"GOSSAMER_CA_BUNDLE": bundle, "GOSSAMER_TOKEN": admin}
+    cp = ["--control-plane", info["api"]]
+    made = gossamer(env, "token", "create", "--role", "viewer", "--description", "ci", *cp)
+    assert made.returncode == 0, made.stderr
+    viewer = next(line for line in made.stdout.splitlines() if line.startswith("gso_"))
+    listed = gossamer(env, "token", "list", *cp)
+    assert listed.returncode == 0, listed.stderr
+    assert "viewer" in listed.stdout
+    assert "ci" in listed.stdout
+    assert "gso_" not in listed.stdout
+
+    as_viewer = env | {"GOSSAMER_TOKEN": viewer}
+    assert gossamer(as_viewer, "get", "services", *cp).returncode == 0
+    service = tmp_path / "svc.yaml"
+    service.write_text(f"apiVersion: {API}\nkind: Service\nmetadata: {{name: web}}\n")
+    refused = gossamer(as_viewer, "apply", "-f", str(service), *cp)
+    assert refused.returncode == 1
+    assert "viewer role" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    nobody = gossamer(env | {"GOSSAMER_TOKEN": ""}, "get", "services", *cp)
+    assert "unauthenticated" in nobody.stderr
+    assert "GOSSAMER_TOKEN" in nobody.stderr
+
+    viewer_id = viewer.split(".")[0].removeprefix("gso_")
+    revoked = gossamer(env, "token", "revoke", viewer_id, *cp)
+    assert revoked.returncode == 0, revoked.stderr
+    again = gossamer(as_viewer, "get", "services", *cp)
+    assert "unknown or revoked" in again.stderr
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    log = runner.log.read_text()
+    assert "POST /v1/tokens 200" in log  # the access log is there, and has no secrets
+    for secret in (admin, viewer):
+        assert secret.split(".")[1] not in log
+    assert "PRIVATE KEY" not in log

@@ -77,7 +77,7 @@ def _check_status(state: Path) -> None:
     out = gossamer("status", "--json", state=state)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
-    assert status["controlPlane"].startswith("http://127.0.0.1:")
+    assert status["controlPlane"].startswith("https://127.0.0.1:")
     assert set(status["published"]) == {"frontend"}
     assert sorted(status["services"]) == ["catalog", "frontend", "inventory", "pricing"]
     pricing = status["services"]["pricing"]

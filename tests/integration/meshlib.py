@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -81,12 +82,19 @@ class Mesh:
         return out
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the operator API over HTTPS with the admin token, as an operator would."""
         url = self.status()["controlPlane"]
-        host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        host, port = url.removeprefix("https://").split(":")
+        cp_dir = self.state_dir / "control-plane"
+        context = ssl.create_default_context(cafile=str(cp_dir / "ca-bundle.pem"))
+        conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
+        headers = {
+            "content-type": "application/json",
+            "authorization": "Bearer " + (cp_dir / "admin.token").read_text().strip(),
+        }
         try:
             data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"content-type": "application/json"})
+            conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
             if resp.status >= 400:

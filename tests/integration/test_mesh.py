@@ -138,7 +138,10 @@ def outbound_of(mesh: Mesh, service: str = "frontend") -> str:
 
 def test_status_json_has_the_documented_shape(mesh: Mesh) -> None:
     status = mesh.status()
-    assert status["controlPlane"].startswith("http://127.0.0.1:")
+    # The operator API is HTTPS; the proxies use the plain internal listener until mTLS.
+    assert status["controlPlane"].startswith("https://127.0.0.1:")
+    assert status["controlPlaneInternal"].startswith("http://127.0.0.1:")
+    assert Path(status["caBundle"]).is_file()
     assert set(status["published"]) == {"frontend"}
     assert status["published"]["frontend"].startswith("http://127.0.0.1:")
     assert {"frontend", "catalog", "pricing", "inventory"} <= set(status["services"])

@@ -151,8 +151,9 @@ def test_down_counts_the_processes_it_cleaned_up(tmp_path: Path, supervised: lis
     supervised.append((proc, state, status))
     run_id = status["runId"]
     kill_9(proc)
-    left = len(processes_of_run(run_id))
     stopped = stop_mesh(state, 5.0)
     assert (stopped.running, stopped.gone, stopped.supervisor_pid) == (False, True, proc.pid)
-    assert stopped.leftovers >= max(left, 1)  # at least the grandchild
+    # Children die with the supervisor (at their own pace), but the workload's grandchild never
+    # gets the death signal: `down` must have found and stopped at least that one.
+    assert stopped.leftovers >= 1
     assert processes_of_run(run_id) == []

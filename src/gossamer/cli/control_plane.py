@@ -18,13 +18,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "distribution of one Snapshot per proxy. State lives in DIR/store.sqlite.",
     )
     parser.add_argument(
-        "--listen", default="127.0.0.1:0", help="host:port to serve on (port 0: any free port)"
+        "--listen",
+        default="127.0.0.1:0",
+        help="host:port of the operator API, over HTTPS (port 0: any free port)",
+    )
+    parser.add_argument(
+        "--internal-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="host:port of the proxies' plain-HTTP listener (until proxies use mTLS)",
     )
     parser.add_argument("--state-dir", required=True, metavar="DIR", help="where state is kept")
     parser.add_argument(
         "--ready-file",
         metavar="PATH",
-        help='written once serving: {"api": "http://127.0.0.1:PORT", "pid": N}',
+        help='written once serving: {"api": "https://127.0.0.1:PORT", "internal": '
+        '"http://127.0.0.1:PORT", "caBundle": PATH, "adminTokenFile": PATH, "pid": N}',
     )
     parser.add_argument(
         "--heartbeat-ttl",
@@ -41,11 +50,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from gossamer.control.server import parse_listen, serve
+    from gossamer.security.ca import CaError
+    from gossamer.security.csr import KeyFileError
 
     try:
         parse_listen(args.listen)
     except ValueError as exc:
         raise CommandError(str(exc), code=2) from None
+    try:
+        parse_listen(args.internal_listen)
+    except ValueError as exc:
+        raise CommandError(str(exc).replace("--listen", "--internal-listen"), code=2) from None
     if not args.heartbeat_ttl > 0:
         raise CommandError(f"--heartbeat-ttl must be positive, got {args.heartbeat_ttl}", code=2)
     logging.basicConfig(
@@ -60,12 +75,15 @@ def run(args: argparse.Namespace) -> int:
             serve(
                 args.listen,
                 args.state_dir,
+                internal_listen=args.internal_listen,
                 ready_file=args.ready_file,
                 heartbeat_ttl=args.heartbeat_ttl,
                 # uvicorn's own messages stay quiet; ours say what matters.
                 log_level="warning",
             )
         )
+    except (CaError, KeyFileError) as exc:
+        raise CommandError(f"cannot set up the mesh CA in {args.state_dir}: {exc}") from None
     except OSError as exc:
         raise CommandError(f"cannot serve on {args.listen}: {exc.strerror or exc}") from None
     except sqlite3.Error as exc:

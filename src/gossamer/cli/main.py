@@ -19,6 +19,7 @@ from gossamer import __version__
 COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("up", ("up", "down", "status")),
     ("resources", ("apply", "get", "delete", "proxy-config", "proxy-status")),
+    ("tokens", ("token",)),
     ("validate", ("validate",)),
     ("control_plane", ("control-plane",)),
     ("proxy", ("proxy",)),

@@ -11,11 +11,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gossamer.cli.main import CommandError
 
+if TYPE_CHECKING:
+    from gossamer.control.client import ControlPlaneClient, Credentials
+
 ENV_CONTROL_PLANE = "GOSSAMER_CONTROL_PLANE"
+ENV_TOKEN = "GOSSAMER_TOKEN"
 KINDS = ("Mesh", "Service", "HTTPRoute", "DestinationPolicy", "AuthorizationPolicy")
 _ALIASES = {
     "mesh": "Mesh",
@@ -97,35 +101,67 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def control_plane_url(args: argparse.Namespace) -> str:
     """--control-plane, else $GOSSAMER_CONTROL_PLANE, else the running mesh's status.json."""
+    return control_plane_target(args)[0]
+
+
+def control_plane_target(args: argparse.Namespace) -> tuple[str, Credentials]:
+    """Where the operator API is and how to call it.
+
+    The URL is --control-plane, else $GOSSAMER_CONTROL_PLANE, else the running mesh's
+    status.json. The token is $GOSSAMER_TOKEN and the CA bundle $GOSSAMER_CA_BUNDLE; either one
+    not set is taken from the control plane's state dir (`admin.token`, `ca-bundle.pem`) when
+    the URL is that of the mesh started by `gossamer up` there.
+    """
+    from gossamer.control.client import Credentials
     from gossamer.runtime.state import StateDir, resolve_state_dir
 
+    state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
+    status = state.read_status() or {}
+    running = str(status.get("controlPlane") or "").rstrip("/")
     url = getattr(args, "control_plane", None) or os.environ.get(ENV_CONTROL_PLANE)
     if url:
-        return str(url).rstrip("/")
-    state = StateDir(resolve_state_dir(getattr(args, "state_dir", None)))
-    status = state.read_status()
-    if not status or not status.get("controlPlane"):
+        url = str(url).rstrip("/")
+    elif running:
+        url = running
+    else:
         raise CommandError(
             f"no running mesh found in {state.root}: start one with gossamer up -d FILE, "
             "or pass --control-plane URL"
         )
-    return str(status["controlPlane"]).rstrip("/")
+    creds = Credentials.from_env()
+    if url == running and (creds.token is None or creds.ca_bundle is None):
+        local = Credentials.from_state_dir(state.control_plane)
+        creds = Credentials(creds.token or local.token, creds.ca_bundle or local.ca_bundle)
+    return url, creds
 
 
 def connect(args: argparse.Namespace) -> OperatorApi:
-    return ClientApi(control_plane_url(args))
+    url, creds = control_plane_target(args)
+    return ClientApi(url, creds)
 
 
 class ClientApi:
     """OperatorApi over gossamer.control.client, with its errors turned into CommandErrors."""
 
-    def __init__(self, url: str) -> None:
-        from gossamer.control.client import ControlPlaneClient
+    def __init__(self, url: str, credentials: Credentials | None = None) -> None:
+        from gossamer.control.client import ApiError, ControlPlaneClient
 
         self.url = url
-        self._client = ControlPlaneClient(url)
+        try:
+            self._client = ControlPlaneClient(url, credentials=credentials)
+        except ApiError as exc:
+            raise CommandError(exc.message) from None
+
+    @property
+    def client(self) -> ControlPlaneClient:
+        return self._client
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run one call of `client`, its ApiError turned into a CommandError."""
+        return self._call(fn)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run one client call, turning its ApiError into a CommandError."""
         from gossamer.control.client import ApiError
 
         try:
@@ -133,7 +169,10 @@ class ClientApi:
         except ApiError as exc:
             if exc.code == "unreachable":
                 raise CommandError(unreachable(self.url, exc.message)) from None
-            raise CommandError(api_error_text(exc)) from None
+            text = api_error_text(exc)
+            if exc.code == "unauthenticated":
+                text += f"\n  give an operator token with ${ENV_TOKEN}"
+            raise CommandError(text) from None
 
     def apply(self, resources: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
         out: dict[str, Any] = self._call(lambda: self._client.apply(resources, dry_run=dry_run))

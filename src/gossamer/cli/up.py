@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -83,12 +84,18 @@ def load_plan(file: str) -> Any:
     return build_plan([item.resource for item in loaded], path.resolve().parent)
 
 
-def apply_resources(api: str, resources: list[dict[str, Any]]) -> None:
-    """Apply the file's resources to the control plane at `api` (all or nothing)."""
-    from gossamer.control.client import ApiError, ControlPlaneClient
+def apply_resources(
+    api: str, resources: list[dict[str, Any]], credentials_dir: Path | None = None
+) -> None:
+    """Apply the file's resources to the control plane at `api` (all or nothing).
 
+    `credentials_dir`: the control plane's state dir, holding its admin token and CA bundle.
+    """
+    from gossamer.control.client import ApiError, ControlPlaneClient, Credentials
+
+    creds = Credentials.from_state_dir(credentials_dir) if credentials_dir else None
     try:
-        ControlPlaneClient(api).apply(resources)
+        ControlPlaneClient(api, credentials=creds).apply(resources)
     except ApiError as exc:
         raise RuntimeError(_api_error_text(exc)) from None
 
@@ -153,7 +160,14 @@ def _run_foreground(plan: Any, state: Any, args: argparse.Namespace) -> int:
     options = RuntimeOptions(
         state=state, file=Path(args.file).resolve(), start_timeout=args.timeout
     )
-    sup = Supervisor(plan, options, mux, apply_resources, api_probe)
+
+    def apply(api: str, resources: list[dict[str, Any]]) -> None:
+        apply_resources(api, resources, state.control_plane)
+
+    def probe(api: str) -> Callable[[Collection[str], Collection[str]], bool]:
+        return api_probe(api, state.control_plane)
+
+    sup = Supervisor(plan, options, mux, apply, probe)
     signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, MarkedYAMLWarning, YAMLError, YAMLWarning
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gossamer.config import models
@@ -225,6 +226,40 @@ def collect_text(
     yaml = YAML(typ="safe", pure=True)
     loaded: list[Loaded] = []
     problems: list[Problem] = []
+    with warnings.catch_warnings(record=True) as caught:
+        # ruamel reports some doubtful YAML (a reused anchor) as a warning; in a config that is
+        # ambiguous, so it becomes a problem like any other, never a stray warning.
+        warnings.simplefilter("always")
+        _collect(yaml, text, filename, loaded, problems, unloaded)
+    for warning in caught:
+        message = warning.message
+        if isinstance(message, MarkedYAMLWarning):
+            mark = message.problem_mark or message.context_mark
+            line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+            text_ = message.problem or str(message).strip().splitlines()[0]
+            problems.append(Problem(filename, line, column, "", f"invalid YAML: {text_}"))
+        elif isinstance(message, YAMLWarning):
+            # Unmarked ruamel warnings name their places in the text: the last is the culprit.
+            lines = str(message).strip().splitlines() or ["doubtful YAML"]
+            places = re.findall(r"line (\d+), column (\d+)", str(message))
+            line, column = (int(places[-1][0]), int(places[-1][1])) if places else (None, None)
+            problems.append(Problem(filename, line, column, "", f"invalid YAML: {lines[0]}"))
+        else:  # not the YAML's fault: let it surface as the warning it is
+            warnings.warn_explicit(
+                message, warning.category, warning.filename, warning.lineno, source=warning.source
+            )
+    problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return loaded, problems
+
+
+def _collect(
+    yaml: YAML,
+    text: str,
+    filename: str,
+    loaded: list[Loaded],
+    problems: list[Problem],
+    unloaded: list[Unloaded] | None,
+) -> None:
     document = 0
     try:
         # compose_all is lazy: documents before a syntax error are still read and checked.
@@ -245,8 +280,6 @@ def collect_text(
         problems.append(_syntax_problem(exc, filename))
     except YAMLError as exc:  # unmarked: rare, but still one line, not a traceback
         problems.append(Problem(filename, None, None, "", f"invalid YAML: {exc}"))
-    problems.sort(key=lambda p: (p.line or 0, p.column or 0))
-    return loaded, problems
 
 
 # --- YAML nodes -> plain values with positions ----------------------------------------------------

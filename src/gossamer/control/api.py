@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -30,6 +32,9 @@ from gossamer.control.resources import (
     resource_key,
     service_users,
 )
+from gossamer.security.ca import CaError, CsrError
+from gossamer.security.spiffe import SpiffeId, SpiffeIdError
+from gossamer.security.tokens import Action, Role, TokenError, role_allows
 
 if TYPE_CHECKING:
     from gossamer.control.server import ControlPlane
@@ -39,6 +44,8 @@ log = logging.getLogger("gossamer.control.api")
 REQUEST_SOURCE = "request"
 _STATUS_CODES = {
     400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     409: "conflict",
     413: "too_large",
@@ -156,6 +163,22 @@ class RegisterRequest(_Body):
         return v
 
 
+class SvidRequest(_Body):
+    csr: str = Field(min_length=1, description="the PEM CSR asking for the caller's SPIFFE ID")
+    token: str | None = Field(None, description="a bootstrap token bound to that SPIFFE ID")
+
+
+class BootstrapTokenRequest(_Body):
+    service_account: str = Field(min_length=1)
+    namespace: str = "default"
+    ttl: float = Field(600.0, gt=0, le=86400, description="seconds until the token expires")
+
+
+class OperatorTokenRequest(_Body):
+    role: Role
+    description: str = Field("", max_length=200)
+
+
 class HeartbeatRequest(_Body):
     ready: bool | None = None
 
@@ -245,6 +268,116 @@ class _Guard:
             log.info("%s %s %d", method, path, status)
 
 
+Listener = Literal["operator", "internal"]
+# The proxies' calls (unauthenticated until proxies present their SVID over mTLS).
+_PROXY_PROTOCOL = re.compile(r"/v1/proxies/[^/]+(/(register|heartbeat|snapshot|ack))?")
+# Public: the trust bundle, and SVID issuance (which checks its own bootstrap token).
+_PUBLIC = frozenset({("GET", "/v1/ca/bundle"), ("POST", "/v1/svid")})
+_NEEDS = {"read": "any role", "write": "the editor or admin role", "admin": "the admin role"}
+
+
+def required_action(method: str, path: str) -> Action | None:
+    """What an operator's role must allow for this call on the HTTPS listener (None: public)."""
+    if (method, path) in _PUBLIC:
+        return None
+    if path == "/v1/tokens/bootstrap":
+        return "write"
+    if path == "/v1/tokens" or path.startswith("/v1/tokens/"):
+        return "admin"
+    return "read" if method in ("GET", "HEAD") else "write"
+
+
+async def _send_refusal(
+    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    status: int
+    code: str
+    message: str
+
+
+class _Auth:
+    """Checks `Authorization: Bearer <operator token>` against the caller's role, or, on the
+    internal listener, lets through only the proxies' calls."""
+
+    def __init__(self, app: ASGIApp, cp: ControlPlane, listener: Listener = "operator") -> None:
+        self.app = app
+        self.cp = cp
+        self.listener = listener
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._check(scope)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"www-authenticate", b"Bearer")] if refusal.status == 401 else []
+        await _send_refusal(send, refusal.status, refusal.code, refusal.message, headers)
+
+    def _check(self, scope: Scope) -> _Refusal | None:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if self.listener == "internal":
+            if _PROXY_PROTOCOL.fullmatch(path):
+                return None
+            return _Refusal(
+                404,
+                "not_found",
+                f"{method} {path} is not served on the proxies' internal listener: the operator "
+                "API is served over HTTPS (see `gossamer status`)",
+            )
+        needed = required_action(method, path)
+        if needed is None:
+            return None
+        token = _bearer(scope)
+        if token is None:
+            return _Refusal(
+                401, "unauthenticated", "this call needs an Authorization: Bearer <token> header"
+            )
+        try:
+            operator = self.cp.tokens.tokens.authenticate(token)
+        except TokenError as exc:
+            return _Refusal(401, "unauthenticated", str(exc))
+        if not role_allows(operator.role, needed):
+            return _Refusal(
+                403,
+                "forbidden",
+                f"token {operator.id} has the {operator.role} role; {method} {path} needs "
+                f"{_NEEDS[needed]}",
+            )
+        scope.setdefault("state", {})["operator"] = operator
+        return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text = bytes(value).decode("latin-1")
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
 def _loc_path(loc: Sequence[int | str]) -> str:
     where, *rest = loc if loc else ("body",)
     path = str(where) if where != "body" else ""
@@ -289,10 +422,14 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_apply_resources: int = MAX_APPLY_RESOURCES,
+    listener: Listener = "operator",
 ) -> FastAPI:
     """The API bound to one running control plane.
 
     Args:
+        listener: "operator" (served over HTTPS) checks each call's bearer token and role;
+            "internal" (plain HTTP, for the proxies until they use mTLS) serves only the proxies'
+            calls.
         max_body_bytes: larger request bodies get 413 `too_large`.
         max_apply_resources: an apply with more resources gets 422 `invalid`.
     """
@@ -336,6 +473,8 @@ def create_app(
         )
         return _error_response(exc.status_code, code, message)
 
+    # Added first, so it runs inside the guard: refusals are logged (never the token) like the rest.
+    app.add_middleware(_Auth, cp=cp, listener=listener)
     app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
 
     # --- operator API ---
@@ -451,6 +590,117 @@ def create_app(
                 }
             )
         return {"items": items}
+
+    # --- the mesh CA and tokens ---
+
+    @app.get("/v1/ca/bundle")
+    async def ca_bundle() -> Response:
+        """The trust bundle (the mesh's root certificates) as PEM; public."""
+        return Response(cp.ca.bundle_pem(), media_type="application/x-pem-file")
+
+    @app.post("/v1/svid")
+    async def issue_svid(body: SvidRequest) -> dict[str, Any]:
+        """Sign a workload's CSR for the identity its bootstrap token is bound to."""
+        if not body.token:
+            raise ApiError(
+                401, "unauthenticated", "a bootstrap token is required to get a first SVID"
+            )
+        try:
+            svid = cp.tokens.redeem_bootstrap_for(
+                body.token, lambda spiffe_id: cp.ca.sign_svid(body.csr, spiffe_id)
+            )
+        except TokenError as exc:
+            raise ApiError(401, "unauthenticated", str(exc)) from None
+        except CsrError as exc:
+            message = str(exc)
+            if message.startswith("CSR asks for "):
+                raise ApiError(403, "forbidden", message) from None
+            raise ApiError(
+                422, "invalid", f"csr: {message}", [{"path": "csr", "message": message}]
+            ) from None
+        except CaError as exc:
+            raise ApiError(500, "internal", f"the mesh CA cannot sign: {exc}") from None
+        await cp.tokens.flush()
+        log.info("issued an SVID for %s (serial %x)", svid.spiffe_id, svid.serial)
+        return {
+            "spiffeId": str(svid.spiffe_id),
+            "chain": (svid.cert_pem + svid.chain_pem).decode("ascii"),
+            "notAfter": svid.not_after.isoformat(),
+            "bundle": cp.ca.bundle_pem().decode("ascii"),
+        }
+
+    @app.post("/v1/tokens/bootstrap")
+    async def create_bootstrap_token(body: BootstrapTokenRequest) -> dict[str, Any]:
+        """A single-use token that lets one proxy get its first SVID for one service account."""
+        try:
+            spiffe_id = SpiffeId.workload(cp.ca.trust_domain, body.namespace, body.service_account)
+            if (spiffe_id.namespace, spiffe_id.service_account) != (
+                body.namespace,
+                body.service_account,
+            ):
+                raise SpiffeIdError(
+                    "namespace and serviceAccount must each be one path segment "
+                    "(letters, digits, '.', '-' and '_')"
+                )
+        except SpiffeIdError as exc:
+            raise ApiError(
+                422, "invalid", f"invalid request: {exc}", [{"path": "body", "message": str(exc)}]
+            ) from None
+        issued = cp.tokens.tokens.create_bootstrap(spiffe_id, ttl=body.ttl)
+        await cp.tokens.flush()
+        info = cp.tokens.info(issued.id)
+        return {
+            "id": issued.id,
+            "token": issued.secret,
+            "spiffeId": str(spiffe_id),
+            "expires": info.expires if info else None,
+        }
+
+    @app.post("/v1/tokens")
+    async def create_operator_token(body: OperatorTokenRequest) -> dict[str, Any]:
+        """A new operator token; its secret is in this answer only."""
+        issued = cp.tokens.tokens.create_operator(body.role, body.description)
+        await cp.tokens.flush()
+        info = cp.tokens.info(issued.id)
+        return {
+            "id": issued.id,
+            "token": issued.secret,
+            "role": body.role,
+            "description": body.description,
+            "created": info.created if info else None,
+        }
+
+    @app.get("/v1/tokens")
+    async def list_tokens() -> dict[str, Any]:
+        """The operator tokens (never their secrets or hashes)."""
+        return {
+            "items": [
+                {
+                    "id": t.id,
+                    "role": t.role,
+                    "description": t.description,
+                    "created": t.created,
+                    "expires": t.expires,
+                }
+                for t in cp.tokens.tokens.list("operator")
+            ]
+        }
+
+    @app.delete("/v1/tokens/{token_id}")
+    async def revoke_token(token_id: str) -> dict[str, Any]:
+        info = cp.tokens.info(token_id)
+        if info is None:
+            raise _not_found(f"no token {token_id!r}")
+        admins = [t for t in cp.tokens.tokens.list("operator") if t.role == "admin"]
+        if info.role == "admin" and len(admins) == 1:
+            raise ApiError(
+                409,
+                "conflict",
+                f"token {token_id} is the last admin token; create another admin token first",
+            )
+        cp.tokens.tokens.revoke(token_id)
+        await cp.tokens.flush()
+        return {"id": token_id}
 
     # --- proxy <-> control plane ---
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import uvicorn
 
+from gossamer.control.ca_service import MeshCa
 from gossamer.control.distribute import Distributor, TranslateFn
+from gossamer.control.operators import Tokens
 from gossamer.control.registry import Registry
 from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
@@ -38,8 +40,14 @@ class ControlPlane:
         clock: Callable[[], float],
         translate: TranslateFn | None = None,
         debounce: float = 0.015,
+        ca: MeshCa,
+        tokens: Tokens,
+        admin_token_file: Path,
     ) -> None:
         self.store = store
+        self.ca = ca
+        self.tokens = tokens
+        self.admin_token_file = admin_token_file
         self.registry = Registry(store, ttl=heartbeat_ttl, clock=clock)
         self.cache = ResourceCache(store)
         self.distributor = Distributor(
@@ -66,10 +74,29 @@ class ControlPlane:
         translate: TranslateFn | None = None,
         debounce: float = 0.015,
     ) -> ControlPlane:
-        """Open the SQLite store in `state_dir` (created if needed) and build the parts on it."""
-        store = await SqliteStore.open(Path(state_dir) / STORE_FILE)
+        """Open the SQLite store in `state_dir` (created if needed) and build the parts on it.
+
+        On first start this also creates the mesh root CA (key 0600 in `state_dir`) and the
+        first admin token (0600 in `state_dir/admin.token`); later starts load them.
+        """
+        state = Path(state_dir)
+        store = await SqliteStore.open(state / STORE_FILE)
+        try:
+            ca = await MeshCa.open(store, state)
+            tokens = await Tokens.open(store, clock)
+            admin_token_file = await tokens.ensure_admin(state)
+        except BaseException:
+            await store.close()
+            raise
         return cls(
-            store, heartbeat_ttl=heartbeat_ttl, clock=clock, translate=translate, debounce=debounce
+            store,
+            heartbeat_ttl=heartbeat_ttl,
+            clock=clock,
+            translate=translate,
+            debounce=debounce,
+            ca=ca,
+            tokens=tokens,
+            admin_token_file=admin_token_file,
         )
 
     async def start(self) -> None:
@@ -112,11 +139,23 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server that announces its bound address and exits 0 on SIGTERM/SIGINT."""
+    """uvicorn's server that announces its bound address and exits 0 on SIGTERM/SIGINT.
 
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[str, int], None]) -> None:
+    With several listeners in one process, only the first (`signals=True`) takes the signals;
+    stopping it stops its `peers` too.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_started: Callable[[str, int], None],
+        *,
+        signals: bool = True,
+    ) -> None:
         super().__init__(config)
         self._on_started = on_started
+        self._signals = signals
+        self.peers: list[_Server] = []
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -130,6 +169,9 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises the captured signal after shutdown, which would end the process
         # "killed by SIGTERM"; a requested stop is a clean exit here.
+        if not self._signals:
+            yield
+            return
         loop = asyncio.get_running_loop()
         sigs = (signal.SIGINT, signal.SIGTERM)
         for sig in sigs:
@@ -142,47 +184,92 @@ class _Server(uvicorn.Server):
 
     def _stop(self, sig: int) -> None:
         log.info("stopping on %s", signal.Signals(sig).name)
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        self.should_exit = True
+        for server in (self, *self.peers):
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
 
 
 async def serve(
     listen: str,
     state_dir: str | Path,
     *,
+    internal_listen: str = "127.0.0.1:0",
     ready_file: str | Path | None = None,
     heartbeat_ttl: float = 3.0,
     log_level: str = "warning",
 ) -> None:
-    """Run the control plane until SIGTERM/SIGINT."""
+    """Run the control plane until SIGTERM/SIGINT.
+
+    Two listeners: `listen` serves the operator API over HTTPS (a certificate from the mesh CA,
+    bearer tokens); `internal_listen` serves only the proxies' calls over plain HTTP, until the
+    proxies authenticate with their SVIDs over mTLS.
+    """
     from gossamer.control.api import create_app
 
     host, port = parse_listen(listen)
+    internal_host, internal_port = parse_listen(internal_listen)
     # The process edge: the registry and status report unix seconds, so the clock is the wall's.
     cp = await ControlPlane.open(state_dir, heartbeat_ttl=heartbeat_ttl, clock=time.time)
     try:
         await cp.start()
-        app = create_app(cp)
-        config = uvicorn.Config(
-            app,
+        serving = cp.ca.issue_control_plane_cert([host])
+        common: dict[str, Any] = {
+            "log_level": log_level,
+            "access_log": False,
+            "lifespan": "off",
+            "loop": "none",
+            # Long polls are cut short at shutdown rather than held for their full wait.
+            "timeout_graceful_shutdown": 1,
+        }
+        operator = uvicorn.Config(
+            create_app(cp, listener="operator"),
             host=host,
             port=port,
-            log_level=log_level,
-            access_log=False,
-            lifespan="off",
-            loop="none",
-            # Long polls are cut short at shutdown rather than held for their full wait.
-            timeout_graceful_shutdown=1,
+            ssl_certfile=str(serving.cert_file),
+            ssl_keyfile=str(serving.key_file),
+            **common,
         )
+        internal = uvicorn.Config(
+            create_app(cp, listener="internal"), host=internal_host, port=internal_port, **common
+        )
+        bound: dict[str, str] = {}
 
-        def started(bound_host: str, bound_port: int) -> None:
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            api = f"http://{shown}:{bound_port}"
-            log.info("control plane serving on %s (state in %s)", api, state_dir)
-            if ready_file is not None:
-                write_ready_file(ready_file, {"api": api, "pid": os.getpid()})
+        def started(key: str, scheme: str) -> Callable[[str, int], None]:
+            def announce(bound_host: str, bound_port: int) -> None:
+                bound[key] = _url(scheme, bound_host, bound_port)
+                if len(bound) < 2:
+                    return
+                log.info(
+                    "control plane serving the operator API on %s and the proxies on %s "
+                    "(state in %s)",
+                    bound["api"],
+                    bound["internal"],
+                    state_dir,
+                )
+                if ready_file is not None:
+                    write_ready_file(
+                        ready_file,
+                        {
+                            "api": bound["api"],
+                            "internal": bound["internal"],
+                            "caBundle": str(cp.ca.bundle_path),
+                            "adminTokenFile": str(cp.admin_token_file),
+                            "pid": os.getpid(),
+                        },
+                    )
 
-        await _Server(config, started).serve()
+            return announce
+
+        main = _Server(operator, started("api", "https"))
+        proxies = _Server(internal, started("internal", "http"), signals=False)
+        main.peers = [proxies]
+        proxies.peers = [main]
+        await asyncio.gather(main.serve(), proxies.serve())
     finally:
         await cp.close()

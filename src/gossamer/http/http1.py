@@ -14,10 +14,19 @@ fields that Connection names, and reports the framing as `body_length`:
 
 The serializers add the framing back from `body_length`, so a body can be re-framed on the way
 through (an until-EOF response goes out chunked). Nothing here does I/O or knows about asyncio.
+
+Pass-through. A Python call per header field and a re-serialised head cost more than the rest of
+a small proxied response, so the response parser hands on a head that needs no change as the
+bytes received (`ParsedResponseHead`: Connection line cut out, names in their case, fields
+parsed only if someone reads them) and `serialize_response_head` writes those bytes back; see
+`ResponseParser`. Request heads are still built field by field: routing reads them, and the
+checks a spliced request head needs cost as much as serialising it (measured).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Protocol
 
 import httptools
@@ -67,6 +76,7 @@ REASONS: dict[int, bytes] = {
 # Status lines are built once per status and then reused.
 _STATUS_LINES: dict[int, bytes] = {s: b"HTTP/1.1 %d %s\r\n" % (s, r) for s, r in REASONS.items()}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_CONNECTION_CLOSE = b"connection: close\r\n\r\n"
 _NO_CONTENT_LENGTH_STATUSES = frozenset({204, 304})
 _METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 
@@ -273,13 +283,92 @@ class RequestParser:
         self._handler.on_request_end()
 
 
+class ParsedResponseHead(ResponseHead):
+    """A response head kept as the bytes the upstream sent (`raw`), its fields parsed on demand.
+
+    Reading `headers` (a filter, the retry logic) builds the field list once from `raw`; from
+    then on the head is serialised from the list like any other. A head whose fields were never
+    read goes downstream as `raw`, not re-serialised.
+    """
+
+    __slots__ = ("_fields", "raw", "raw_body_length")
+
+    def __init__(self, status: int, raw: bytes, body_length: int) -> None:
+        self.status = status
+        self.reason = b""
+        self.http_version = b"1.1"
+        self._fields: Headers | None = None
+        self.raw = raw  # status line and fields up to the blank line; Connection lines cut out
+        self.raw_body_length = body_length
+
+    @property
+    def headers(self) -> Headers:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = _fields_of(self.raw)
+        return fields
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._fields = value
+
+
+def _fields_of(raw: bytes) -> Headers:
+    """The field list of a raw response head, as the full parser would have built it."""
+    # llhttp has checked the head: CRLF line ends, no obs-fold, no space before a colon; like
+    # llhttp we drop the whitespace before a value and keep any after it.
+    fields: Headers = []
+    for line in raw.split(b"\r\n")[1:-1]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name != b"content-length":  # framing: the serializer re-adds it
+            fields.append((name, value.lstrip(b" \t")))
+    return fields
+
+
+class _Fallback(Exception):
+    """Raised from the lean parser's callback: this head needs the full parser."""
+
+
+class _LeanCallbacks:
+    """The callbacks of the lean parser: no `on_header`, so httptools makes no call per field."""
+
+    __slots__ = ("on_body", "on_headers_complete", "on_message_begin", "on_message_complete")
+
+    def __init__(
+        self,
+        on_message_begin: Callable[[], None],
+        on_headers_complete: Callable[[], None],
+        on_body: Callable[[bytes], None],
+        on_message_complete: Callable[[], None],
+    ) -> None:
+        self.on_message_begin = on_message_begin
+        self.on_headers_complete = on_headers_complete
+        self.on_body = on_body
+        self.on_message_complete = on_message_complete
+
+
+# Hop-by-hop fields a raw head may not carry downstream (a plain Connection line is cut out).
+# llhttp rejects whitespace before the colon, so this finds every such field.
+_LEAN_REFUSED = re.compile(
+    rb"\n(?:keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade):", re.IGNORECASE
+)
+
+
 class ResponseParser:
     """Parses responses from an upstream; tell it each request's method first with `expect`.
 
     Interim 1xx responses are dropped (the proxy answers `Expect: 100-continue` itself).
+
+    Two httptools parsers: the lean one, used for a response that starts a read, has no
+    per-field callback and hands on the head as received (`ParsedResponseHead`) when it carries
+    nothing the proxy must change; a head that does (another hop-by-hop field, chunked or
+    HTTP/1.0 framing, a 503 whose flags the retry logic reads) aborts it, and the full parser
+    parses the same response again from its first byte.
     """
 
     __slots__ = (
+        "_after_interim",
         "_body_length",
         "_chunked",
         "_cl",
@@ -293,8 +382,13 @@ class ResponseParser:
         "_in_head",
         "_interim",
         "_is_head",
+        "_lean",
+        "_lean_callbacks",
+        "_lean_parser",
         "_max_header_bytes",
         "_parser",
+        "_src",
+        "_start",
         "in_message",
     )
 
@@ -302,6 +396,16 @@ class ResponseParser:
         self._handler = handler
         self._max_header_bytes = max_header_bytes
         self._parser = httptools.HttpResponseParser(self)
+        self._lean_callbacks = _LeanCallbacks(
+            self.on_message_begin,
+            self._lean_headers_complete,
+            self.on_body,
+            self.on_message_complete,
+        )
+        self._lean_parser = httptools.HttpResponseParser(self._lean_callbacks)
+        self._lean = False  # the current response is parsed by the lean parser
+        self._src = b""  # the bytes of the current read (with the earlier ones of a split head)
+        self._start = 0  # where in `_src` the current response began; -1: unknown
         self._headers: Headers = []
         self._conn_tokens: list[bytes] | None = None
         self._chunked = False
@@ -311,6 +415,7 @@ class ResponseParser:
         self._fed_in_head = 0
         self._in_head = False
         self._interim = False
+        self._after_interim = False
         self._is_head = False
         self._done_early = False
         self._body_length = 0
@@ -323,12 +428,22 @@ class ResponseParser:
     def feed(self, data: bytes) -> None:
         """Parse `data`. Raises ProtocolError(502) when the upstream's bytes are not HTTP/1.1."""
         started_in_head = self._in_head
+        if not self.in_message or self._after_interim:
+            # A response starts at the first byte of this read: the lean parser may take it.
+            self._src = data
+            self._start = 0
+            if not self.in_message:
+                self._lean = not self._is_head
+        elif started_in_head and self._lean:
+            self._src += data  # the head spans reads: keep its bytes for the raw head
         try:
-            self._parser.feed_data(data)
+            (self._lean_parser if self._lean else self._parser).feed_data(data)
         except httptools.HttpParserUpgrade:
             raise ProtocolError(502, "upstream switched protocols, which was not asked") from None
         except httptools.HttpParserError as exc:
-            raise _protocol_error_from(exc, 502, "response") from None
+            if not isinstance(exc.__context__, _Fallback):
+                raise _protocol_error_from(exc, 502, "response") from None
+            self._refeed()
         if self._done_early:
             # We ended a HEAD answer at its head; llhttp would wait for the body it announced.
             self._done_early = False
@@ -337,6 +452,18 @@ class ResponseParser:
             self._fed_in_head += len(data)
             if self._fed_in_head > self._max_header_bytes:
                 raise ProtocolError(502, "upstream response head exceeds the limit")
+
+    def _refeed(self) -> None:
+        """Give the current response, from its first byte, to the full parser."""
+        self._lean_parser = httptools.HttpResponseParser(self._lean_callbacks)  # it was aborted
+        self._lean = False
+        self.in_message = False
+        try:
+            self._parser.feed_data(self._src[self._start :])
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(502, "upstream switched protocols, which was not asked") from None
+        except httptools.HttpParserError as exc:
+            raise _protocol_error_from(exc, 502, "response") from None
 
     def feed_eof(self) -> None:
         """The upstream closed. Ends an until-EOF body; raises ProtocolError(502) mid-message."""
@@ -359,7 +486,59 @@ class ResponseParser:
         self._fed_in_head = 0
         self._in_head = True
         self._interim = False
+        self._after_interim = False
         self.in_message = True
+
+    def _lean_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._lean_parser
+        status: int = parser.get_status_code()
+        start = self._start
+        src = self._src
+        if start < 0:
+            # A second response in one read, and not after an interim one: nobody asked for it.
+            raise ProtocolError(502, "upstream sent a response that was not asked for")
+        end = src.find(b"\r\n\r\n", start)
+        if status < 200:
+            if status == 101:
+                raise ProtocolError(502, "upstream switched protocols, which was not asked")
+            if end < 0:
+                raise _Fallback
+            self._interim = True
+            self._start = end + 4  # the final response follows the interim head
+            return
+        # (get_http_version formats a string; the status line says the same thing cheaper.)
+        if end < 0 or status == 503 or not src.startswith(b"HTTP/1.1 ", start):
+            raise _Fallback
+        raw = src[start : end + 2]
+        if _LEAN_REFUSED.search(raw) is not None:
+            raise _Fallback
+        low = raw.lower()
+        keep_alive: bool = parser.should_keep_alive()
+        i = low.find(b"\ncontent-length:")
+        if i >= 0:
+            j = low.find(b"\n", i + 16)
+            if low.find(b"\ncontent-length:", j) >= 0 or status in _NO_CONTENT_LENGTH_STATUSES:
+                raise _Fallback
+            body_length = int(raw[i + 16 : j])  # llhttp has checked the digits
+        elif status in _NO_CONTENT_LENGTH_STATUSES:
+            body_length = 0
+        else:
+            body_length = BODY_UNTIL_EOF
+            keep_alive = False
+        i = low.find(b"\nconnection:")
+        if i >= 0:
+            j = low.find(b"\n", i + 12)
+            if (
+                low[i + 12 : j].strip() not in _PLAIN_CONNECTION
+                or low.find(b"\nconnection:", j) >= 0
+            ):
+                raise _Fallback
+            raw = raw[: i + 1] + raw[j + 1 :]  # hop-by-hop: the line goes, CRLF and all
+        self._body_length = body_length
+        self._handler.on_response_head(
+            ParsedResponseHead(status, raw, body_length), body_length, keep_alive
+        )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # No per-field size accounting here (it is a hot path): a response head that spans
@@ -424,9 +603,12 @@ class ResponseParser:
 
     def on_message_complete(self) -> None:
         if self._interim or self._done_early:
-            self._interim = False
+            if self._interim:
+                self._interim = False
+                self._after_interim = True  # the final response is still to come
             return
         self.in_message = False
+        self._start = -1  # nothing more is expected in this read
         self._handler.on_response_end()
 
 
@@ -452,6 +634,14 @@ def serialize_response_head(head: ResponseHead, body_length: int, keep_alive: bo
 
     BODY_UNTIL_EOF writes no framing: the sender must close after the body (keep_alive False).
     """
+    if (
+        type(head) is ParsedResponseHead
+        and head._fields is None
+        and body_length == head.raw_body_length
+    ):
+        # Nobody read or changed the fields: the head goes out as the upstream sent it, its
+        # framing lines included.
+        return head.raw + CRLF if keep_alive else head.raw + _CONNECTION_CLOSE
     status = head.status
     line = _STATUS_LINES.get(status)
     if line is None:

@@ -92,10 +92,6 @@ class Listener:
     def protocol(self) -> DownstreamConnection:
         return DownstreamConnection(self)
 
-    def on_request_done(self, conn: DownstreamConnection) -> None:
-        if self.dataplane.draining:
-            conn.close_if_idle()
-
     def on_connection_closed(self) -> None:
         dp = self.dataplane
         drained = dp.drained

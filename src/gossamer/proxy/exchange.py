@@ -300,7 +300,8 @@ class Exchange:
             transport.writelines(chunks)
             if not self.retriable:
                 body.clear()
-        self.down.resume_reading(READ_BUFFER_FULL)
+        if self.body_size > self.buffer_limit:  # only then was reading paused for the buffer
+            self.down.resume_reading(READ_BUFFER_FULL)
         if self.down.write_paused:
             self.upstream_read_paused = True
             transport.pause_reading()
@@ -406,11 +407,15 @@ class Exchange:
     def _forward_head(self, head: ResponseHead, body_length: int) -> None:
         self.response_started = True
         self.status = head.status
-        self._cancel_timers()
-        if self.backend is not None:
-            self.backend.apply_response(head)
-        if self.route is not None:
-            self.route.apply_response(head)
+        if self.timer is not None or self.deadline != _NEVER:
+            self._cancel_timers()
+        # Only a filter may read the fields: an unread head goes downstream as received.
+        backend = self.backend
+        if backend is not None and backend.response_filters:
+            backend.apply_response(head)
+        route = self.route
+        if route is not None and route.response_filters:
+            route.apply_response(head)
         if self.budget_exhausted:
             head.headers.append(_BUDGET_HEADER)
         self.down.send_response_head(head, body_length)
@@ -462,7 +467,8 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         self.finished = True
-        self._end_attempt(self.status < 500)
+        if self.attempt_started:
+            self._end_attempt(self.status < 500)
         if self.upstream_read_paused and conn is not None and conn.transport is not None:
             self.upstream_read_paused = False
             conn.transport.resume_reading()

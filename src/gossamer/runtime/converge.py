@@ -9,6 +9,7 @@ cluster.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 
@@ -33,11 +34,17 @@ def converged(
     return True
 
 
-def api_probe(api: str) -> Callable[[Collection[str], Collection[str]], bool]:
-    """A convergence check against the control plane at `api` (operator API)."""
-    from gossamer.control.client import ApiError, ControlPlaneClient
+def api_probe(
+    api: str, credentials_dir: Path | None = None
+) -> Callable[[Collection[str], Collection[str]], bool]:
+    """A convergence check against the control plane at `api` (operator API).
 
-    client = ControlPlaneClient(api, timeout=2.0)
+    `credentials_dir`: the control plane's state dir, holding its admin token and CA bundle.
+    """
+    from gossamer.control.client import ApiError, ControlPlaneClient, Credentials
+
+    creds = Credentials.from_state_dir(credentials_dir) if credentials_dir else None
+    client = ControlPlaneClient(api, timeout=2.0, credentials=creds)
 
     def probe(replica_ids: Collection[str], proxy_ids: Collection[str]) -> bool:
         try:

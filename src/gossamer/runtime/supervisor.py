@@ -180,6 +180,11 @@ def sidecar_argv(
     return argv
 
 
+def host_port(url: str) -> str:
+    """The host:port of a URL such as https://127.0.0.1:4000/."""
+    return url.partition("://")[2].rstrip("/") if "://" in url else url.rstrip("/")
+
+
 def pin_flag(argv: list[str], flag: str, value: str) -> None:
     """Set `flag` to `value` in `argv`, replacing its value if present, else appending both."""
     if flag in argv:
@@ -245,6 +250,10 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.api: str | None = None
+        # Where the proxies reach the control plane: its plain-HTTP internal listener (the
+        # operator API, `api`, is HTTPS) until proxies authenticate with SVIDs over mTLS.
+        self.internal: str | None = None
+        self.ca_bundle: str | None = None
         self.control_plane: Child | None = None
         self.replicas: list[ReplicaState] = []
         self.publishers: list[PublisherState] = []
@@ -305,8 +314,12 @@ class Supervisor:
         self._launch(cp)
         info = self._wait_file(cp, deadline, "the control plane")
         self.api = str(info["api"])
-        # A restart listens where the proxies already look for it.
-        pin_flag(cp.argv, "--listen", self.api.removeprefix("http://").rstrip("/"))
+        self.internal = str(info.get("internal") or self.api)
+        self.ca_bundle = str(info["caBundle"]) if info.get("caBundle") else None
+        # A restart listens where the proxies (and operators) already look for it.
+        pin_flag(cp.argv, "--listen", host_port(self.api))
+        if info.get("internal"):
+            pin_flag(cp.argv, "--internal-listen", host_port(self.internal))
         self.mux.say(f"control plane ready at {self.api}")
         try:
             self._apply(self.api, self.plan.resources)
@@ -322,7 +335,7 @@ class Supervisor:
                     opts.gossamer,
                     rp,
                     port.port,
-                    self.api,
+                    self.internal,
                     state.ready_file(rp.proxy_name),
                     state.proxy_dir(rp.name),
                 ),
@@ -354,7 +367,7 @@ class Supervisor:
                 publish_argv(
                     opts.gossamer,
                     pp,
-                    self.api,
+                    self.internal,
                     state.ready_file(pp.proxy_id),
                     state.proxy_dir(pp.proxy_id),
                 ),
@@ -551,7 +564,8 @@ class Supervisor:
     def _addresses_of(self, child: Child) -> list[str]:
         """Where `child` listens: the addresses a restart must get back."""
         if child is self.control_plane and self.api:
-            return [self.api.removeprefix("http://").rstrip("/")]
+            urls = dict.fromkeys([self.api, self.internal or self.api])
+            return [host_port(url) for url in urls]
         for rs in self.replicas:
             if child is rs.workload:
                 return [f"127.0.0.1:{rs.app_port.port}"]
@@ -740,6 +754,8 @@ class Supervisor:
             cp = self.control_plane
             return {
                 "controlPlane": self.api,
+                "controlPlaneInternal": self.internal,
+                "caBundle": self.ca_bundle,
                 "stateDir": str(self.state.root),
                 "file": str(self.options.file),
                 "state": self.phase,
