@@ -147,10 +147,46 @@ def test_hop_by_hop_and_connection_named_headers_removed() -> None:
     """Connection, the fields it names, Keep-Alive, Proxy-Connection, TE, Upgrade never appear."""
     data = (
         b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n"
-        b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nX-Ok: 1\r\n\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nX-Ok: 1\r\n"
+        b"Proxy-Authorization: Basic c2VjcmV0\r\n\r\n"
     )
     events = check_all_splits(data, request_events)
     assert events[0][5] == [(b"host", b"h"), (b"x-ok", b"1")]
+
+
+def test_proxy_authenticate_is_not_forwarded_from_a_response() -> None:
+    """A response carrying Proxy-Authenticate leaves the lean path and loses the field."""
+    data = (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n"
+        b"X-Ok: 1\r\nContent-Length: 0\r\n\r\n"
+    )
+    events = check_all_splits(data, response_events)
+    assert events == [("head", 407, [(b"x-ok", b"1")], 0, True), ("end",)]
+
+
+def test_header_field_count_over_the_limit_is_431() -> None:
+    """100 fields by default (Envoy's); hop-by-hop and framing fields count too."""
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(98))
+    ok = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x-f1\r\n" + fields + b"\r\n"
+    assert request_events([ok])[0][0] == "head"
+    over = ok[:-2] + b"TE: trailers\r\n\r\n"
+    with pytest.raises(ProtocolError) as info:
+        request_events([over])
+    assert info.value.status == 431
+    assert info.value.reason == "request has 101 header fields, more than 100 allowed"
+    rec = Recorder()
+    with pytest.raises(ProtocolError, match="3 header fields, more than 2"):
+        RequestParser(rec, max_headers=2).feed(b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n")
+
+
+def test_https_absolute_form_is_refused_with_a_clear_400() -> None:
+    with pytest.raises(ProtocolError) as info:
+        request_events([b"GET HTTPS://pricing:443/x HTTP/1.1\r\nHost: pricing\r\n\r\n"])
+    assert info.value.status == 400
+    assert info.value.reason == (
+        "https:// through the mesh's forward proxy is not supported: call http://pricing; "
+        "the mesh encrypts between sidecars"
+    )
 
 
 def test_connection_close_and_http10() -> None:
@@ -242,13 +278,14 @@ def test_response_content_length() -> None:
 
 
 def test_response_chunked_with_trailers_and_keep_alive_next() -> None:
-    """Chunked response with extension and trailers, then a second response on the same parser."""
-    data = (
+    """Chunked response with extension and trailers, then a second response on the same parser
+    (in a later read: the next request's answer)."""
+    first = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
         b"3;ext=1\r\nabc\r\n0\r\nx-trailer: t\r\n\r\n"
-        b"HTTP/1.1 204 No Content\r\n\r\n"
     )
-    events = check_all_splits(data, response_events)
+    second = b"HTTP/1.1 204 No Content\r\n\r\n"
+    events = check_all_splits(first, lambda chunks: response_events([*chunks, second]))
     assert events == [
         ("head", 200, [], BODY_CHUNKED, True),
         ("body", b"abc"),
@@ -256,6 +293,17 @@ def test_response_chunked_with_trailers_and_keep_alive_next() -> None:
         ("head", 204, [], 0, True),
         ("end",),
     ]
+
+
+def test_a_second_response_in_the_read_that_ended_a_chunked_one_is_refused() -> None:
+    """The full parser refuses what the lean one does: an answer nobody asked for yet."""
+    data = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    with pytest.raises(ProtocolError, match="not asked for") as exc:
+        response_events([data])
+    assert exc.value.status == 502
 
 
 def test_response_until_eof() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.http.errors import ProtocolError
+from gossamer.http.errors import ProtocolError, ResponseHeadTooLarge
 from gossamer.http.http1 import (
     BODY_CHUNKED,
     BODY_UNTIL_EOF,
@@ -159,3 +159,51 @@ def test_a_second_response_in_one_read_is_refused() -> None:
     with pytest.raises(ProtocolError) as exc:
         parse([NGINX + NGINX])
     assert exc.value.status == 502
+
+
+def big_head(size: int, framing: bytes = b"Content-Length: 2\r\n") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n" + framing + b"X-Big: " + b"a" * size + b"\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    ("framing", "method"),
+    [
+        (b"Content-Length: 2\r\n", b"GET"),  # the lean parser's head
+        (b"Transfer-Encoding: chunked\r\n", b"GET"),  # the full parser's, after the fallback
+        (b"Content-Length: 2\r\n", b"HEAD"),  # the full parser's from the start
+    ],
+)
+def test_a_response_head_over_the_limit_is_refused_in_one_read_or_split(
+    framing: bytes, method: bytes
+) -> None:
+    """The response head limit holds however the head arrives, like the request head's."""
+    data = big_head(200_000, framing)
+    splits: list[list[bytes]] = [
+        [data],
+        [data[:10], data[10:]],
+        [data[:150_000], data[150_000:]],
+        [data[i : i + 16384] for i in range(0, len(data), 16384)],
+    ]
+    for chunks in splits:
+        with pytest.raises(ResponseHeadTooLarge) as exc:
+            parse(chunks, method)
+        assert exc.value.status == 502
+        assert "65536-byte header limit" in exc.value.reason
+    # A head of 65528 bytes (just under the limit) passes, in one read and split.
+    ok_size = 65536 - 8 - (len(big_head(0, framing)) - len(b"ok"))
+    fine = big_head(ok_size, framing)
+    if framing.startswith(b"Transfer"):
+        fine = fine[:-2] + b"2\r\nok\r\n0\r\n\r\n"
+    for chunks in ([fine], [fine[:100], fine[100:]]):
+        sink = parse(chunks, method)
+        assert len(sink.heads) == 1
+        assert sink.ends == 1
+
+
+def test_a_small_limit_applies_to_the_lean_head() -> None:
+    sink = Sink()
+    parser = ResponseParser(sink, max_header_bytes=64)
+    parser.expect(b"GET")
+    with pytest.raises(ResponseHeadTooLarge):
+        parser.feed(NGINX)
+    assert sink.heads == []

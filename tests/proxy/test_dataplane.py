@@ -947,6 +947,11 @@ def test_slowloris_is_cut_off_after_the_header_timeout() -> None:
         for _ in range(3):
             await asyncio.sleep(0.03)
             client.send(b"x-a: b\r\n")
+        # Told why before the close: no byte of a response had gone out.
+        r = await client.response()
+        assert (r.status, r.header(b"x-gossamer-flags")) == (408, b"header-timeout")
+        assert r.header(b"connection") == b"close"
+        assert "0.2s header timeout" in r.body.decode()
         assert await client.at_eof()
         assert loop.time() - started < 1.0
         client.close()

@@ -83,6 +83,12 @@ def test_an_endpoint_that_stopped_accepting_costs_no_failure_and_few_attempts() 
         assert state.ejected & EJECT_UNREACHABLE
         assert not state.available
         assert ejections_counter(dp.metrics).labels("pricing.default").value >= 1
+        # The data plane registered the counter: /metrics (the registry's rendering) shows it.
+        ejections = metric_value(
+            registry,
+            'gossamer_proxy_endpoint_unreachable_ejections_total{cluster="pricing.default"}',
+        )
+        assert ejections == ejections_counter(dp.metrics).labels("pricing.default").value
 
     run(main())
 

@@ -45,7 +45,11 @@ def test_every_flag_is_a_complete_response(flag: str) -> None:
     assert headers[b"x-request-id"] == b"req-1"
     assert int(headers[b"content-length"]) == len(body)
     doc = msgspec.json.decode(body)
-    assert doc == {"error": flag, "message": "why it happened", "requestId": "req-1"}
+    if flag == flags.REDIRECT:  # not an error: the body says where to
+        assert doc == {"redirect": "", "status": 302}
+    else:
+        assert doc == {"error": flag, "message": "why it happened", "requestId": "req-1"}
+    assert b"Unknown" not in data.split(b"\r\n", 1)[0], "every flag's status has a reason"
 
 
 def test_exact_bytes_for_no_route() -> None:
@@ -86,6 +90,33 @@ def test_redirect_status_and_extra_headers() -> None:
     assert status == 301
     assert headers[b"location"] == b"http://x/y"
     assert headers[b"x-gossamer-flags"] == b"redirect"
+
+
+def test_redirect_body_names_the_location_and_status() -> None:
+    data = flags.local_response(
+        flags.REDIRECT, "moved", "r", status=308, extra_headers=((b"location", b"https://x/y"),)
+    )
+    assert data.startswith(b"HTTP/1.1 308 Permanent Redirect\r\n")
+    _, headers, body = _parse(data)
+    assert msgspec.json.decode(body) == {"redirect": "https://x/y", "status": 308}
+    assert headers[b"location"] == b"https://x/y"
+
+
+def test_denied_body_names_the_policy_and_statuses_have_reasons() -> None:
+    data = flags.local_response(
+        flags.DENIED, "denied by DENY policy ns/p", "r", fields=(("policy", "ns/p"),)
+    )
+    assert data.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    _, _headers, body = _parse(data)
+    assert msgspec.json.decode(body) == {
+        "error": "denied",
+        "message": "denied by DENY policy ns/p",
+        "policy": "ns/p",
+        "requestId": "r",
+    }
+    assert flags.local_response(flags.BAD_REQUEST, "m", "r", status=501).startswith(
+        b"HTTP/1.1 501 Not Implemented\r\n"
+    )
 
 
 def test_unknown_flag_names_the_known_ones() -> None:

@@ -15,3 +15,11 @@ class ProtocolError(Exception):
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class ResponseHeadTooLarge(ProtocolError):
+    """An upstream's response head is over the header limit (502; flag
+    `upstream-headers-too-large`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(502, f"upstream response head exceeds the {limit}-byte header limit")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from gossamer.http.message import Headers
 
-# RFC 9110 7.6.1 plus the legacy ones every proxy drops. Content-Length is not hop-by-hop, but the
-# codec owns framing: it consumes it and re-emits it from the body length it forwards.
+# RFC 9110 7.6.1 plus the legacy ones every proxy drops, and the proxy credentials (RFC 9110
+# 11.7: Proxy-Authorization is consumed by the proxy it is meant for, Proxy-Authenticate comes
+# from one; neither may pass a hop). Content-Length is not hop-by-hop, but the codec owns
+# framing: it consumes it and re-emits it from the body length it forwards.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
         b"connection",
         b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
         b"proxy-connection",
         b"te",
         b"trailer",

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import httptools
 
-from gossamer.http.errors import ProtocolError
+from gossamer.http.errors import ProtocolError, ResponseHeadTooLarge
 from gossamer.http.headers import CONSUMED, connection_tokens, remove_connection_named
 from gossamer.http.message import Headers, RequestHead, ResponseHead
 
@@ -117,6 +117,7 @@ class RequestParser:
         "_chunked",
         "_cl",
         "_conn_tokens",
+        "_consumed",
         "_fed_in_head",
         "_handler",
         "_head_size",
@@ -124,20 +125,25 @@ class RequestParser:
         "_host",
         "_in_head",
         "_max_header_bytes",
+        "_max_headers",
         "_parser",
         "_upgrade",
         "_url",
         "in_message",
     )
 
-    def __init__(self, handler: RequestHandler, max_header_bytes: int = 65536) -> None:
+    def __init__(
+        self, handler: RequestHandler, max_header_bytes: int = 65536, max_headers: int = 100
+    ) -> None:
         self._handler = handler
         self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers  # header fields per request (Envoy's default: 100)
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: Headers = []
         self._host: bytes | None = None
         self._conn_tokens: list[bytes] | None = None
+        self._consumed = 0  # fields taken out of the list (hop-by-hop, framing), for the count
         self._chunked = False
         self._cl = 0
         self._upgrade = False
@@ -157,8 +163,9 @@ class RequestParser:
         """Parse `data`, calling the handler for every event it completes.
 
         Raises:
-            ProtocolError: 400 for malformed input, 431 when the head exceeds the limit; after it
-                the parser is unusable and the connection must close.
+            ProtocolError: 400 for malformed input, 431 when the head exceeds the size or field
+                count limit, 501 for CONNECT; after it the parser is unusable and the connection
+                must close.
         """
         started_in_head = self._in_head
         try:
@@ -186,6 +193,7 @@ class RequestParser:
         self._headers = []
         self._host = None
         self._conn_tokens = None
+        self._consumed = 0
         self._chunked = False
         self._cl = 0
         self._upgrade = False
@@ -208,6 +216,7 @@ class RequestParser:
             raise ProtocolError(431, "request header block exceeds the limit")
         name = name.lower()
         if name in CONSUMED:
+            self._consumed += 1
             if name == b"connection":
                 if value.lower() in _PLAIN_CONNECTION:
                     return  # llhttp already reads close / keep-alive for should_keep_alive()
@@ -237,6 +246,11 @@ class RequestParser:
             raise ProtocolError(501, "CONNECT tunnels are not supported")
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         headers = self._headers
+        count = len(headers) + self._consumed
+        if count > self._max_headers:
+            raise ProtocolError(
+                431, f"request has {count} header fields, more than {self._max_headers} allowed"
+            )
         if self._conn_tokens:
             remove_connection_named(headers, self._conn_tokens)
         url = self._url
@@ -252,6 +266,14 @@ class RequestParser:
                 raise ProtocolError(400, f"invalid request target {url[:200]!r}") from None
             if not parsed.host:
                 raise ProtocolError(400, f"invalid request target {url[:200]!r}")
+            if parsed.schema is not None and parsed.schema.lower() == b"https":
+                # Served as plain http it would send in clear what the app meant to encrypt.
+                name = parsed.host[:200].decode("latin-1")
+                raise ProtocolError(
+                    400,
+                    "https:// through the mesh's forward proxy is not supported: call "
+                    f"http://{name}; the mesh encrypts between sidecars",
+                )
             # RFC 9112 3.2.2: the authority of an absolute-form target replaces Host.
             host = parsed.host if parsed.port is None else b"%s:%d" % (parsed.host, parsed.port)
             path = parsed.path or b"/"
@@ -351,7 +373,9 @@ class _LeanCallbacks:
 # Hop-by-hop fields a raw head may not carry downstream (a plain Connection line is cut out).
 # llhttp rejects whitespace before the colon, so this finds every such field.
 _LEAN_REFUSED = re.compile(
-    rb"\n(?:keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade):", re.IGNORECASE
+    rb"\n(?:keep-alive|proxy-(?:authenticate|authorization|connection)|te|trailer"
+    rb"|transfer-encoding|upgrade):",
+    re.IGNORECASE,
 )
 
 
@@ -375,9 +399,7 @@ class ResponseParser:
         "_cl_raw",
         "_conn_tokens",
         "_done_early",
-        "_fed_in_head",
         "_handler",
-        "_head_size",
         "_headers",
         "_in_head",
         "_interim",
@@ -411,8 +433,6 @@ class ResponseParser:
         self._chunked = False
         self._cl = -1
         self._cl_raw = b""
-        self._head_size = 0
-        self._fed_in_head = 0
         self._in_head = False
         self._interim = False
         self._after_interim = False
@@ -434,8 +454,9 @@ class ResponseParser:
             self._start = 0
             if not self.in_message:
                 self._lean = not self._is_head
-        elif started_in_head and self._lean:
-            self._src += data  # the head spans reads: keep its bytes for the raw head
+        elif started_in_head:
+            # The head spans reads: keep its bytes, for the raw head and to measure it.
+            self._src += data
         try:
             (self._lean_parser if self._lean else self._parser).feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -443,15 +464,21 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             if not isinstance(exc.__context__, _Fallback):
                 raise _protocol_error_from(exc, 502, "response") from None
+            fallback = True
+        else:
+            fallback = False
+        if fallback:
+            # Outside the except block: an error a callback raises while the full parser runs
+            # would otherwise become the context of this one and be lost.
             self._refeed()
         if self._done_early:
             # We ended a HEAD answer at its head; llhttp would wait for the body it announced.
             self._done_early = False
             self._parser = httptools.HttpResponseParser(self)
-        elif self._in_head and started_in_head:
-            self._fed_in_head += len(data)
-            if self._fed_in_head > self._max_header_bytes:
-                raise ProtocolError(502, "upstream response head exceeds the limit")
+        elif self._in_head and len(self._src) - self._start > self._max_header_bytes:
+            # An unfinished head already over the limit (a finished one is measured when it
+            # completes, in `_lean_headers_complete` / `on_headers_complete`).
+            raise ResponseHeadTooLarge(self._max_header_bytes)
 
     def _refeed(self) -> None:
         """Give the current response, from its first byte, to the full parser."""
@@ -482,8 +509,6 @@ class ResponseParser:
         self._conn_tokens = None
         self._chunked = False
         self._cl = -1
-        self._head_size = 0
-        self._fed_in_head = 0
         self._in_head = True
         self._interim = False
         self._after_interim = False
@@ -510,6 +535,8 @@ class ResponseParser:
         # (get_http_version formats a string; the status line says the same thing cheaper.)
         if end < 0 or status == 503 or not src.startswith(b"HTTP/1.1 ", start):
             raise _Fallback
+        if end + 4 - start > self._max_header_bytes:
+            raise ResponseHeadTooLarge(self._max_header_bytes)
         raw = src[start : end + 2]
         if _LEAN_REFUSED.search(raw) is not None:
             raise _Fallback
@@ -541,8 +568,8 @@ class ResponseParser:
         )
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # No per-field size accounting here (it is a hot path): a response head that spans
-        # reads is bounded in `feed`, and one read is bounded by the transport's read size.
+        # No per-field size accounting here (it is a hot path): the head's bytes are kept in
+        # `_src` from `_start`, so its size is measured once, in `on_headers_complete`.
         if not self._in_head:
             return
         name = name.lower()
@@ -566,10 +593,21 @@ class ResponseParser:
         self._in_head = False
         parser = self._parser
         status: int = parser.get_status_code()
+        start = self._start
+        if start < 0:
+            # A second response in one read, and not after an interim one: nobody asked for it.
+            raise ProtocolError(502, "upstream sent a response that was not asked for")
+        src = self._src
+        end = src.find(b"\r\n\r\n", start)
+        size = (end + 4 if end >= 0 else len(src)) - start
+        if size > self._max_header_bytes:
+            raise ResponseHeadTooLarge(self._max_header_bytes)
         if status < 200:
             if status == 101:
                 raise ProtocolError(502, "upstream switched protocols, which was not asked")
             self._interim = True
+            if end >= 0:
+                self._start = end + 4  # the final response follows the interim head
             return
         headers = self._headers
         if self._conn_tokens:

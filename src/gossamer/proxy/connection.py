@@ -66,6 +66,7 @@ class DownstreamConnection(asyncio.Protocol):
         "out",
         "out_chunked",
         "parser",
+        "peer_spiffe_id",
         "read_paused",
         "req_done",
         "request_id",
@@ -80,8 +81,13 @@ class DownstreamConnection(asyncio.Protocol):
         self.listener = listener
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = RequestParser(self, listener.settings.max_header_bytes)
+        settings = listener.settings
+        self.parser = RequestParser(self, settings.max_header_bytes, settings.max_request_headers)
         self.client_ip = b""
+        # The peer's SPIFFE ID as verified by the mTLS handshake: the principal that
+        # AuthorizationPolicies match. Hook for inbound mTLS: until it lands, every connection is
+        # plaintext, so None.
+        self.peer_spiffe_id: str | None = None
         self.xff_field = (b"x-forwarded-for", b"")  # this client's address, built once
         self.exchange: Exchange | None = None
         self.backlog: list[tuple[int, object, int, bool]] | None = None
@@ -252,6 +258,14 @@ class DownstreamConnection(asyncio.Protocol):
             if app is None:
                 self._start_local(flags.NO_HEALTHY_ENDPOINT, "this proxy has no local app")
                 return
+            authz = tables.authz
+            if authz is not None:
+                decision = authz.check(self.peer_spiffe_id, head.method, head.path, head.host)
+                if not decision.allowed:
+                    self._start_local(
+                        flags.DENIED, decision.reason, fields=(("policy", decision.policy),)
+                    )
+                    return
             cluster = app
         exchange = Exchange(
             self,
@@ -299,11 +313,12 @@ class DownstreamConnection(asyncio.Protocol):
         message: str,
         status: int | None = None,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        fields: tuple[tuple[str, str | None], ...] = (),
     ) -> None:
         """Answer a request the mesh cannot route; its body, if any, is read and dropped."""
         self.exchange = _DISCARD
         self.listener.none_stats.count(status or flags.STATUS[flag], 0.0)
-        self.send_local(flag, message, status, extra_headers)
+        self.send_local(flag, message, status, extra_headers, fields=fields)
 
     # --- response side (Downstream, used by the exchange) --------------------------------------
 
@@ -361,6 +376,7 @@ class DownstreamConnection(asyncio.Protocol):
         status: int | None = None,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
         close: bool = False,
+        fields: tuple[tuple[str, str | None], ...] = (),
     ) -> None:
         keep = self.keep_alive and not close and not self.listener.dataplane.draining
         self.keep_alive = keep
@@ -372,6 +388,7 @@ class DownstreamConnection(asyncio.Protocol):
             keep_alive=keep,
             extra_headers=extra_headers,
             status=status,
+            fields=fields,
         )
         if self.corked:
             self.out.append(data)
@@ -469,10 +486,26 @@ class DownstreamConnection(asyncio.Protocol):
         else:
             deadline = self.idle_since + listener.settings.downstream_idle_timeout
         if now >= deadline:
-            # A client that stalls mid-head (slowloris) or idles too long is cut off.
-            self._close()
+            # A client that stalls mid-head (slowloris) or idles too long is cut off; one that
+            # started a head is told why first (no response is under way: it is between them).
+            if self.head_started and self.resp_done:
+                self._header_timeout()
+            else:
+                self._close()
             return
         self.timer = self.loop.call_later(min(deadline - now, period), self._on_timer)
+
+    def _header_timeout(self) -> None:
+        timeout = self.listener.settings.header_timeout
+        self.request_id = b"%032x" % _random_bits(128)  # the unfinished request's, not the last
+        self.listener.none_stats.count(flags.STATUS[flags.HEADER_TIMEOUT], 0.0)
+        self.req_done = True
+        self.backlog = None
+        self.send_local(
+            flags.HEADER_TIMEOUT,
+            f"the request head was not complete within the {timeout:g}s header timeout",
+            close=True,
+        )
 
     def close_if_idle(self) -> bool:
         """Close now if no request is under way (used by drain)."""

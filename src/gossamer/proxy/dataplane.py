@@ -7,6 +7,9 @@ import random
 from dataclasses import dataclass
 
 from gossamer import snapshot as snap
+from gossamer.filters.authz import AuthzCompileError
+from gossamer.proxy import failfast
+from gossamer.proxy.authorize import Authorizer
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.deadlines import Deadlines
@@ -28,6 +31,7 @@ class ProxySettings:
     inbound: str = "127.0.0.1:0"
     outbound: str = "127.0.0.1:0"
     max_header_bytes: int = 65536
+    max_request_headers: int = 100  # request header fields (Envoy's default); more: 431
     header_timeout: float = 10.0  # a client must send a whole request head within this
     downstream_idle_timeout: float = 300.0  # keep-alive client connection with no request
     retry_buffer_bytes: int = 65536  # request bodies up to this are buffered and retriable
@@ -55,7 +59,7 @@ class SnapshotError(Exception):
 class Tables:
     """Everything compiled from one Snapshot; swapped as a whole by `DataPlane.apply`."""
 
-    __slots__ = ("app", "clusters", "plans", "routes", "snapshot")
+    __slots__ = ("app", "authz", "clusters", "plans", "routes", "snapshot")
 
     def __init__(
         self,
@@ -64,12 +68,14 @@ class Tables:
         clusters: dict[str, ClusterRuntime],
         plans: dict[int, RulePlan],
         app: ClusterRuntime | None,
+        authz: Authorizer | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.routes = routes
         self.clusters = clusters
         self.plans = plans  # by id() of the Snapshot's RouteRule objects, kept alive by `snapshot`
         self.app = app
+        self.authz = authz  # None: no AuthorizationPolicy selects this service (no check at all)
 
 
 class Listener:
@@ -108,6 +114,7 @@ class DataPlane:
         self.loop = loop
         self.settings = settings
         self.metrics = DataPlaneMetrics(metrics)
+        metrics.register(failfast.ejections_counter(self.metrics))
         self.rand = random.Random()
         self.draining = False
         self.drained: asyncio.Future[None] | None = None
@@ -175,6 +182,12 @@ class DataPlane:
                 ClusterRuntime.check(app_spec, self.loop)
             except ValueError as exc:
                 raise SnapshotError(f"inbound listener: {exc}") from None
+        authorizer = None
+        if snapshot.authz is not None and snapshot.authz.policies:
+            try:
+                authorizer = Authorizer(snapshot.authz, self.metrics, self.loop.time)
+            except AuthzCompileError as exc:
+                raise SnapshotError(f"authz: {exc}") from None
         # Everything is checked: build and swap. Runtimes of persisting clusters are updated in
         # place, so their pools and endpoint state carry over.
         old = self.tables
@@ -202,7 +215,7 @@ class DataPlane:
             )
         else:
             app.update(app_spec)
-        self.tables = Tables(snapshot, routes, clusters, plans, app)
+        self.tables = Tables(snapshot, routes, clusters, plans, app, authorizer)
         for name, runtime in old.clusters.items():
             if name not in clusters:
                 runtime.close()

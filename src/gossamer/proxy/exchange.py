@@ -44,6 +44,7 @@ from gossamer.proxy.cluster import ClusterRuntime, Overflow
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.failfast import UNSERVING_FLAGS
 from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
+from gossamer.proxy.upstream import HEADERS_TOO_LARGE
 
 if TYPE_CHECKING:
     from gossamer.proxy.router import Backend, RouteMatch
@@ -53,6 +54,7 @@ _FAILURE_FLAGS = {
     CONNECT_FAILURE: flags.CONNECT_FAILURE,
     RESET: flags.UPSTREAM_RESET,
     TIMEOUT: flags.TIMEOUT,
+    HEADERS_TOO_LARGE: flags.UPSTREAM_HEADERS_TOO_LARGE,
 }
 _NEVER = float("inf")
 _BUDGET_HEADER = (b"x-gossamer-flags", flags.RETRY_BUDGET_EXHAUSTED.encode())

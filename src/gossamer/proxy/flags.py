@@ -2,8 +2,10 @@
 
 A local response is a complete HTTP/1.1 message: status line, `x-gossamer-flags: <flag>`,
 `content-type: application/json`, `content-length`, `connection`, `x-request-id`, and the body
-`{"error": "<flag>", "message": "...", "requestId": "..."}`. Everything that depends only on the
-flag is encoded once at import; a call joins a few byte strings.
+`{"error": "<flag>", "message": "...", "requestId": "..."}` (a `denied` body also names the
+`policy`; a redirect is not an error: its body is `{"redirect": "<location>", "status": N}`).
+Everything that depends only on the flag is encoded once at import; a call joins a few byte
+strings.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
+
+from gossamer.http import http1
 
 NO_ROUTE = "no-route"
 NO_HEALTHY_ENDPOINT = "no-healthy-endpoint"
@@ -27,6 +31,12 @@ DRAINING = "draining"
 # every weight 0; the Gateway API asks for a 500), and a failure inside the proxy itself.
 NO_BACKEND = "no-backend"
 INTERNAL_ERROR = "internal-error"
+# An AuthorizationPolicy refused the request (inbound listener; filters/authz.py decides).
+DENIED = "denied"
+# The upstream's response head was over the header limit (it is not forwarded).
+UPSTREAM_HEADERS_TOO_LARGE = "upstream-headers-too-large"
+# A client did not finish its request head within the header timeout.
+HEADER_TIMEOUT = "header-timeout"
 
 # The status each flag answers with. A redirect's status comes from the filter
 # (301/302/303/307/308); 302 is only the default.
@@ -44,25 +54,15 @@ STATUS: dict[str, int] = {
     DRAINING: 503,
     NO_BACKEND: 500,
     INTERNAL_ERROR: 500,
+    DENIED: 403,
+    UPSTREAM_HEADERS_TOO_LARGE: 502,
+    HEADER_TIMEOUT: 408,
 }
 
 FLAGS: tuple[str, ...] = tuple(STATUS)
 
-REASONS: dict[int, bytes] = {
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
+# Every status a local response can carry (the codec's table, which also has 403, 408, 501).
+REASONS: dict[int, bytes] = http1.REASONS
 
 _json = msgspec.json.Encoder()
 
@@ -107,6 +107,7 @@ def local_response(
     keep_alive: bool = True,
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
     status: int | None = None,
+    fields: Iterable[tuple[str, str | None]] = (),
 ) -> bytes:
     """Build the complete HTTP/1.1 response the mesh sends on its own for `flag`.
 
@@ -117,6 +118,7 @@ def local_response(
         keep_alive: whether the connection stays open after this response.
         extra_headers: more (name, value) header pairs, e.g. `location` for a redirect.
         status: overrides the flag's status (a redirect filter's 301/307/...).
+        fields: more members of the JSON body, after `message` (`policy` for `denied`).
 
     Raises:
         KeyError: `flag` is not a known flag.
@@ -129,9 +131,19 @@ def local_response(
         head = _head_prefix(flag, status)
     rid = request_id if isinstance(request_id, bytes) else request_id.encode("latin-1", "replace")
     rid_str = rid.decode("latin-1")
-    body = (
-        _BODY_PREFIX[flag] + _json.encode(message) + b',"requestId":' + _json.encode(rid_str) + b"}"
-    )
+    if flag == REDIRECT:
+        extra_headers = tuple(extra_headers)  # read twice: for the body and as headers
+        body = _redirect_body(extra_headers, status or STATUS[flag])
+    else:
+        more = b"".join(b"," + _json.encode(k) + b":" + _json.encode(v) for k, v in fields)
+        body = (
+            _BODY_PREFIX[flag]
+            + _json.encode(message)
+            + more
+            + b',"requestId":'
+            + _json.encode(rid_str)
+            + b"}"
+        )
     parts = [
         head,
         b"content-length: %d\r\n" % len(body),
@@ -144,6 +156,14 @@ def local_response(
     parts.append(b"\r\n")
     parts.append(body)
     return b"".join(parts)
+
+
+def _redirect_body(extra_headers: Iterable[tuple[bytes, bytes]], status: int) -> bytes:
+    location = b""
+    for name, value in extra_headers:
+        if name.lower() == b"location":
+            location = value
+    return _json.encode({"redirect": location.decode("latin-1"), "status": status})
 
 
 def _header_safe(value: bytes) -> bytes:

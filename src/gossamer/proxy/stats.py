@@ -78,6 +78,12 @@ class DataPlaneMetrics:
             "Connections opened to endpoints, by cluster.",
             ("cluster",),
         )
+        self.authz_decisions: Counter = registry.counter(
+            "gossamer_proxy_authz_decisions_total",
+            "Inbound requests decided by AuthorizationPolicies, by policy and decision "
+            "(allow, deny, audit; policy 'default' when no policy decided).",
+            ("policy", "decision"),
+        )
 
 
 class ListenerStats:

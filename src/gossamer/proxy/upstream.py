@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
-from gossamer.http.errors import ProtocolError
+from gossamer.http.errors import ProtocolError, ResponseHeadTooLarge
 from gossamer.http.http1 import ResponseParser
 from gossamer.http.message import ResponseHead
 from gossamer.proxy.loadbalance.base import EndpointState
@@ -28,6 +28,8 @@ log = logging.getLogger("gossamer.proxy.upstream")
 CONNECT_FAILURE = "connect-failure"
 RESET = "reset"
 TIMEOUT = "timeout"
+# Not a retry outcome: the upstream answered, with a head over the limit (flag of the same name).
+HEADERS_TOO_LARGE = "upstream-headers-too-large"
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -80,6 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed(data)
             if exchange is not None and exchange.held_head is not None:
                 exchange.on_read_end()
+        except ResponseHeadTooLarge as exc:
+            self._fail(HEADERS_TOO_LARGE, exc.reason)
         except ProtocolError as exc:
             self._fail(RESET, exc.reason)
         except Exception:
