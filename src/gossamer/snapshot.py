@@ -290,6 +290,9 @@ class AuthzConfig(_Base, kw_only=True, frozen=True):
     """The AuthorizationPolicies that select this proxy's own service, by name."""
 
     policies: list[AuthzPolicy] = []
+    # The service port a request addressed when its Host names none (http://pricing/): the
+    # service's first port, so that `ports` conditions never fail open for port-less Hosts.
+    default_port: int | None = None
 
 
 # --- the whole -----------------------------------------------------------------------------------

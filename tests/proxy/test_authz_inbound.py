@@ -17,8 +17,11 @@ from gossamer.proxy.authorize import UNKNOWN_PORT, host_port
 from gossamer.proxy.dataplane import SnapshotError
 
 
-def with_authz(base: snap.Snapshot, *policies: snap.AuthzPolicy) -> snap.Snapshot:
-    return snap.seal(msgspec.structs.replace(base, authz=snap.AuthzConfig(policies=list(policies))))
+def with_authz(
+    base: snap.Snapshot, *policies: snap.AuthzPolicy, default_port: int | None = None
+) -> snap.Snapshot:
+    config = snap.AuthzConfig(policies=list(policies), default_port=default_port)
+    return snap.seal(msgspec.structs.replace(base, authz=config))
 
 
 def op(
@@ -105,8 +108,25 @@ def test_ports_come_from_the_host_header() -> None:
         client = await Client.open(inbound)
         assert (await client.request(b"/", b"pricing:8080")).status == 200
         assert (await client.request(b"/", b"pricing:9090")).status == 403
-        # No port in Host: the port is unknown, so a `ports` condition does not match.
+        # No port in Host and none in the Snapshot: the port is unknown, so `ports` never matches.
         assert (await client.request(b"/", b"pricing")).status == 403
+        client.close()
+
+    run(main())
+
+
+def test_a_host_without_a_port_means_the_services_port_so_deny_cannot_fail_open() -> None:
+    """`http://pricing/` addresses the service's (first) port: a DENY on it must still apply."""
+
+    async def main() -> None:
+        app = await Backend(echo).start()
+        base = snapshot([], [], app_port=app.port, service="pricing")
+        deny = snap.AuthzPolicy(name="default/no-8080", action="DENY", rules=[op(ports=[8080])])
+        _dp, inbound, _, _ = await start_dataplane(with_authz(base, deny, default_port=8080))
+        client = await Client.open(inbound)
+        r = await client.request(b"/", b"pricing")
+        assert (r.status, r.header(b"x-gossamer-flags")) == (403, b"denied")
+        assert (await client.request(b"/", b"pricing:9090")).status == 200
         client.close()
 
     run(main())

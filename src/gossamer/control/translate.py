@@ -174,7 +174,7 @@ def translate(
         listeners=snap.Listeners(inbound=_inbound(world, regs, proxy)),
         virtual_hosts=virtual_hosts,
         clusters=clusters,
-        authz=_authz(world.authz, proxy),
+        authz=_authz(world, proxy),
     )
     return snap.seal(built)
 
@@ -420,13 +420,11 @@ def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
     )
 
 
-def _authz(
-    policies: Sequence[AuthorizationPolicy], proxy: snap.ProxyIdentity
-) -> snap.AuthzConfig | None:
+def _authz(world: _World, proxy: snap.ProxyIdentity) -> snap.AuthzConfig | None:
     """The policies selecting the proxy's own service, already sorted by namespace/name."""
     chosen = [
         _authz_policy(p)
-        for p in policies
+        for p in world.authz
         if p.metadata.namespace == proxy.namespace
         and (
             p.spec.target_ref is None
@@ -436,7 +434,11 @@ def _authz(
             )
         )
     ]
-    return snap.AuthzConfig(policies=chosen) if chosen else None
+    if not chosen:
+        return None
+    service = world.services.get((proxy.namespace, proxy.service))
+    default_port = service.spec.ports[0].port if service is not None else None
+    return snap.AuthzConfig(policies=chosen, default_port=default_port)
 
 
 def _authz_policy(policy: AuthorizationPolicy) -> snap.AuthzPolicy:

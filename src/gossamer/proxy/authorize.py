@@ -4,10 +4,10 @@ Built by `DataPlane.apply` only when the Snapshot has an `authz` section with po
 inbound listener then asks `Authorizer.check` once per request. Without policies the tables hold
 None and the request path does no work at all for authorization.
 
-The port the policies see is the service port the client addressed: the port of the Host header.
-Neither the Snapshot's inbound listener nor the proxy identity carries the service's ports, so a
-Host without a port is checked with port 0 ("unknown"): `ports` conditions then never match and
-`notPorts` conditions always do.
+The port the policies see is the service port the client addressed: the port of the Host header,
+or, when the Host names none (`http://pricing/`), the service's first port from the Snapshot
+(`authz.defaultPort`), so that a `ports` condition never fails open for a port-less Host. Only a
+Snapshot without that port (a service the control plane does not know) falls back to 0, "unknown".
 """
 
 from __future__ import annotations
@@ -32,13 +32,23 @@ _DEFAULT = "default"  # the `policy` label of a decision no policy made (default
 class Authorizer:
     """One Snapshot's authorization engine and its pre-resolved metric children."""
 
-    __slots__ = ("_allowed", "_audited", "_clock", "_denied", "_next_log", "_suppressed", "engine")
+    __slots__ = (
+        "_allowed",
+        "_audited",
+        "_clock",
+        "_default_port",
+        "_denied",
+        "_next_log",
+        "_suppressed",
+        "engine",
+    )
 
     def __init__(
         self, config: AuthzConfig, metrics: DataPlaneMetrics, clock: Callable[[], float]
     ) -> None:
         """Raises authz.AuthzCompileError naming the policy and rule it cannot use."""
         self.engine = authz.compile(config)
+        self._default_port = config.default_port or UNKNOWN_PORT
         family = metrics.authz_decisions
         self._allowed: dict[str | None, CounterChild] = {}
         self._denied: dict[str | None, CounterChild] = {}
@@ -60,7 +70,8 @@ class Authorizer:
         self, principal: str | None, method: bytes, path: bytes, host: bytes
     ) -> authz.Decision:
         """Decide on one inbound request and count the decision (and any AUDIT matches)."""
-        decision = self.engine.check(principal, method, path, host_port(host))
+        port = host_port(host) or self._default_port
+        decision = self.engine.check(principal, method, path, port)
         counters = self._allowed if decision.allowed else self._denied
         child = counters.get(decision.policy)
         if child is not None:
