@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("apply", help="create or update resources from files")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE")
     p.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
-    _common(p)
+    add_control_plane_args(p)
     p.set_defaults(func=cmd_apply)
 
     p = subparsers.add_parser("get", help="list resources, or show one")
@@ -65,29 +65,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", help="the namespace (default: all; 'default' with a NAME)")
     p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
-    _common(p)
+    add_control_plane_args(p)
     p.set_defaults(func=cmd_get)
 
     p = subparsers.add_parser("delete", help="delete a resource")
     p.add_argument("kind")
     p.add_argument("name")
     p.add_argument("-n", "--namespace", default="default")
-    _common(p)
+    add_control_plane_args(p)
     p.set_defaults(func=cmd_delete)
 
     p = subparsers.add_parser("proxy-config", help="the Snapshot a proxy is running")
     p.add_argument("proxy_id", metavar="PROXY_ID")
     p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-    _common(p)
+    add_control_plane_args(p)
     p.set_defaults(func=cmd_proxy_config)
 
     p = subparsers.add_parser("proxy-status", help="which config version each proxy runs")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    _common(p)
+    add_control_plane_args(p)
     p.set_defaults(func=cmd_proxy_status)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_control_plane_args(p: argparse.ArgumentParser) -> None:
+    """The flags every command that talks to a running control plane takes."""
     p.add_argument(
         "--control-plane",
         metavar="URL",

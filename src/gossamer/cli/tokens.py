@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from gossamer.cli.main import CommandError
-from gossamer.cli.resources import ClientApi, control_plane_target
+from gossamer.cli.resources import ClientApi, add_control_plane_args, control_plane_target
 
 ROLES = ("admin", "editor", "viewer")
 
@@ -28,27 +28,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
     c.add_argument("--description", default="", help="a note on who or what uses it")
     c.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    _common(c)
+    add_control_plane_args(c)
     c.set_defaults(func=cmd_create)
 
     ls = sub.add_parser("list", help="the tokens: id, role, description, created (no secrets)")
     ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    _common(ls)
+    add_control_plane_args(ls)
     ls.set_defaults(func=cmd_list)
 
     r = sub.add_parser("revoke", help="revoke a token by id; it is refused from then on")
     r.add_argument("token_id", metavar="ID")
-    _common(r)
+    add_control_plane_args(r)
     r.set_defaults(func=cmd_revoke)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--control-plane",
-        metavar="URL",
-        help="the control plane's API (default $GOSSAMER_CONTROL_PLANE, else the running mesh's)",
-    )
-    p.add_argument("--state-dir", help="the running mesh's state dir (to find its control plane)")
 
 
 def _api(args: argparse.Namespace) -> ClientApi:
