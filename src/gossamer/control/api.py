@@ -192,7 +192,10 @@ class AckRequest(_Body):
 # --- errors and logging as ASGI middleware --------------------------------------------------------
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer from ASGI middleware, before FastAPI, in the documented error shape."""
     body = json.dumps(error_body(code, message)).encode()
     await send(
         {
@@ -201,6 +204,7 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
@@ -287,24 +291,6 @@ def required_action(method: str, path: str) -> Action | None:
     return "read" if method in ("GET", "HEAD") else "write"
 
 
-async def _send_refusal(
-    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    body = json.dumps(error_body(code, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 @dataclass(frozen=True, slots=True)
 class _Refusal:
     status: int
@@ -330,7 +316,7 @@ class _Auth:
             await self.app(scope, receive, send)
             return
         headers = [(b"www-authenticate", b"Bearer")] if refusal.status == 401 else []
-        await _send_refusal(send, refusal.status, refusal.code, refusal.message, headers)
+        await _send_error(send, refusal.status, refusal.code, refusal.message, headers)
 
     def _check(self, scope: Scope) -> _Refusal | None:
         method: str = scope["method"]
