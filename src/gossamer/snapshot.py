@@ -290,8 +290,8 @@ class AuthzConfig(_Base, kw_only=True, frozen=True):
     """The AuthorizationPolicies that select this proxy's own service, by name."""
 
     policies: list[AuthzPolicy] = []
-    # The service port a request addressed when its Host names none (http://pricing/): the
-    # service's first port, so that `ports` conditions never fail open for port-less Hosts.
+    # The service port this replica's inbound listener serves (the Service's first port): what
+    # `ports` conditions are checked against, never a port the client wrote in its Host header.
     default_port: int | None = None
 
 

@@ -189,6 +189,18 @@ def test_https_absolute_form_is_refused_with_a_clear_400() -> None:
     )
 
 
+@pytest.mark.parametrize("target", [b"/admin#x", b"/admin?q=1#x", b"http://pricing/admin#x", b"/#"])
+def test_a_fragment_in_the_target_is_refused(target: bytes) -> None:
+    """Apps disagree on `#` (some drop it, some keep it), so what authorization checked could
+    differ from what the app serves: a target with a fragment is a 400, split anywhere."""
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: pricing\r\n\r\n"
+    for i in range(1, len(data)):
+        with pytest.raises(ProtocolError) as info:
+            request_events([data[:i], data[i:]])
+        assert info.value.status == 400
+        assert "must not contain '#'" in info.value.reason
+
+
 def test_connection_close_and_http10() -> None:
     """keep_alive follows Connection: close and the HTTP/1.0 default."""
     closing = request_events([b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"])

@@ -89,6 +89,13 @@ def test_allow_and_deny_policies_are_enforced_with_a_403_naming_the_policy() -> 
         assert r.status == 200
         assert [s.url for s in app.seen] == [b"/public/x?q=1", b"/public/y"]
 
+        # A fragment could make the checked path differ from the served one: refused outright.
+        fragment = await Client.open(inbound)
+        r = await fragment.request(b"/admin#x", b"pricing")
+        assert (r.status, r.header(b"x-gossamer-flags")) == (400, b"bad-request")
+        fragment.close()
+        assert [s.url for s in app.seen] == [b"/public/x?q=1", b"/public/y"]
+
         assert decisions(registry, "default/public-get", "allow") == 2
         assert decisions(registry, "default/no-admin", "deny") == 3
         assert decisions(registry, "default", "deny") == 1
@@ -115,8 +122,9 @@ def test_ports_come_from_the_host_header() -> None:
     run(main())
 
 
-def test_a_host_without_a_port_means_the_services_port_so_deny_cannot_fail_open() -> None:
-    """`http://pricing/` addresses the service's (first) port: a DENY on it must still apply."""
+def test_the_port_is_the_services_never_the_one_the_client_writes_in_host() -> None:
+    """The inbound listener serves the service's port: a DENY on it applies whatever the Host says
+    (`pricing`, `pricing:1`, `pricing:9090`), so a forged Host port cannot walk past it."""
 
     async def main() -> None:
         app = await Backend(echo).start()
@@ -124,9 +132,10 @@ def test_a_host_without_a_port_means_the_services_port_so_deny_cannot_fail_open(
         deny = snap.AuthzPolicy(name="default/no-8080", action="DENY", rules=[op(ports=[8080])])
         _dp, inbound, _, _ = await start_dataplane(with_authz(base, deny, default_port=8080))
         client = await Client.open(inbound)
-        r = await client.request(b"/", b"pricing")
-        assert (r.status, r.header(b"x-gossamer-flags")) == (403, b"denied")
-        assert (await client.request(b"/", b"pricing:9090")).status == 200
+        for host in (b"pricing", b"pricing:1", b"pricing:9090", b"pricing:8080"):
+            r = await client.request(b"/", host)
+            assert (r.status, r.header(b"x-gossamer-flags")) == (403, b"denied"), host
+        assert app.seen == []
         client.close()
 
     run(main())

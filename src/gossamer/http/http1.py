@@ -255,6 +255,11 @@ class RequestParser:
             remove_connection_named(headers, self._conn_tokens)
         url = self._url
         host = self._host
+        if b"#" in url:
+            # RFC 9112 3.2: a request target has no fragment. Apps disagree on what one means
+            # (some drop it, some keep it in the path), so the path a policy checked could differ
+            # from the path the app serves: refuse it, as Envoy does.
+            raise ProtocolError(400, f"a request target must not contain '#': {url[:200]!r}")
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
         elif url == b"*":

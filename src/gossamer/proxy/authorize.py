@@ -4,10 +4,11 @@ Built by `DataPlane.apply` only when the Snapshot has an `authz` section with po
 inbound listener then asks `Authorizer.check` once per request. Without policies the tables hold
 None and the request path does no work at all for authorization.
 
-The port the policies see is the service port the client addressed: the port of the Host header,
-or, when the Host names none (`http://pricing/`), the service's first port from the Snapshot
-(`authz.defaultPort`), so that a `ports` condition never fails open for a port-less Host. Only a
-Snapshot without that port (a service the control plane does not know) falls back to 0, "unknown".
+The port the policies see is the service port this replica's inbound listener serves: the
+Service's first port (`authz.defaultPort` in the Snapshot), since the listener forwards every
+request to the one app port. It is never taken from the request: a client could write any port in
+its Host header and walk past a `ports` condition. Only a Snapshot without that port (a service the
+control plane does not know) falls back to the Host's port, or 0 ("unknown").
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Authorizer:
         self, principal: str | None, method: bytes, path: bytes, host: bytes
     ) -> authz.Decision:
         """Decide on one inbound request and count the decision (and any AUDIT matches)."""
-        port = host_port(host) or self._default_port
+        port = self._default_port or host_port(host)
         decision = self.engine.check(principal, method, path, port)
         counters = self._allowed if decision.allowed else self._denied
         child = counters.get(decision.policy)
