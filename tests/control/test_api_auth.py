@@ -316,3 +316,33 @@ async def test_store_holds_the_root_and_token_hashes_only(rig: Rig) -> None:
     tokens = [k for k in dump if k.startswith(TOKENS_PREFIX)]
     assert len(tokens) == 1
     assert b'"hash"' in dump[tokens[0]]
+
+
+async def test_no_bootstrap_token_for_the_meshs_own_namespace(rig: Rig) -> None:
+    """An SVID for gossamer-system/control-plane would impersonate the control plane: even an
+    admin cannot mint a bootstrap token there, and nothing is stored."""
+    before = await rig.store_dump()
+    body = {"serviceAccount": "control-plane", "namespace": "gossamer-system"}
+    for token in (rig.admin, await rig.token("editor")):
+        resp = await rig.call("POST", "/v1/tokens/bootstrap", token, body)
+        assert "reserved for the mesh's own identities" in error_of(resp, 403, "forbidden")
+    after = await rig.store_dump()
+    assert {k for k in after if not k.startswith("/tokens/")} == {
+        k for k in before if not k.startswith("/tokens/")
+    }
+    assert (
+        len([k for k in after if k.startswith("/tokens/")])
+        == len([k for k in before if k.startswith("/tokens/")]) + 1
+    )  # only the editor token this test made
+
+
+def test_a_path_cannot_forge_a_log_line() -> None:
+    """The access log escapes control characters of the decoded path (`%0A` in a URL)."""
+    from gossamer.control.api import _loggable
+
+    forged = "/v1/x\n2026-11-22 02:29:00,000 INFO gossamer.control.api: POST /v1/tokens 200"
+    assert "\n" not in _loggable(forged)
+    assert _loggable(forged).startswith("/v1/x\\n2026")
+    assert _loggable("/v1/resources/Service/default/pricing") == (
+        "/v1/resources/Service/default/pricing"
+    )

@@ -23,6 +23,7 @@ from gossamer import snapshot as snap
 from gossamer.config.errors import ConfigError, Problem, did_you_mean
 from gossamer.config.models import KINDS
 from gossamer.config.validate import validate_apply
+from gossamer.control.ca_service import CONTROL_PLANE_NAMESPACE
 from gossamer.control.distribute import UnknownProxyError
 from gossamer.control.registry import Registration
 from gossamer.control.resources import (
@@ -192,6 +193,13 @@ class AckRequest(_Body):
 # --- errors and logging as ASGI middleware --------------------------------------------------------
 
 
+def _loggable(path: str) -> str:
+    """The decoded path with control characters escaped: a `%0A` must not forge a log line."""
+    if path.isprintable():
+        return path
+    return path.encode("unicode_escape").decode("ascii")
+
+
 async def _send_error(
     send: Send, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -235,7 +243,7 @@ class _Guard:
                 return
             if int(value) > limit:
                 await _send_error(send, 413, "too_large", _too_large_message(limit))
-                log.info("%s %s %d", scope["method"], scope["path"], 413)
+                log.info("%s %s %d", scope["method"], _loggable(scope["path"]), 413)
                 return
         received = 0
 
@@ -259,7 +267,7 @@ class _Guard:
         try:
             await self.app(scope, bounded, tracked)
         except Exception:
-            log.exception("error serving %s %s", scope["method"], scope["path"])
+            log.exception("error serving %s %s", scope["method"], _loggable(scope["path"]))
             if not started:
                 await _send_error(
                     send, 500, "internal", "internal error in the control plane; see its log"
@@ -269,7 +277,7 @@ class _Guard:
         # Heartbeats and ACKs come every second from every proxy: too many to log.
         path: str = scope["path"]
         if method != "GET" and not path.endswith(("/heartbeat", "/ack")):
-            log.info("%s %s %d", method, path, status)
+            log.info("%s %s %d", method, _loggable(path), status)
 
 
 Listener = Literal["operator", "internal"]
@@ -632,6 +640,14 @@ def create_app(
             raise ApiError(
                 422, "invalid", f"invalid request: {exc}", [{"path": "body", "message": str(exc)}]
             ) from None
+        if body.namespace == CONTROL_PLANE_NAMESPACE:
+            # Identities there are the mesh's own (the control plane's serving identity): an
+            # SVID for one would let its holder impersonate the control plane to every proxy.
+            raise ApiError(
+                403,
+                "forbidden",
+                f"namespace {CONTROL_PLANE_NAMESPACE!r} is reserved for the mesh's own identities",
+            )
         issued = cp.tokens.tokens.create_bootstrap(spiffe_id, ttl=body.ttl)
         await cp.tokens.flush()
         info = cp.tokens.info(issued.id)
