@@ -23,6 +23,7 @@ from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
 from gossamer.files import write_atomically
+from gossamer.tasks import cancel_all
 
 log = logging.getLogger("gossamer.control")
 
@@ -111,11 +112,7 @@ class ControlPlane:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         await self.store.close()
 

@@ -24,6 +24,7 @@ import msgspec
 from gossamer import snapshot as snapshot_mod
 from gossamer.proxy.cache import SnapshotCache
 from gossamer.snapshot import Snapshot
+from gossamer.tasks import cancel_all
 from gossamer.telemetry.metrics import Registry
 
 log = logging.getLogger("gossamer.proxy")
@@ -319,11 +320,7 @@ class Agent:
 
     async def stop(self, deregister: bool = True, time_limit: float = 1.0) -> None:
         """Stop both loops; then tell the control plane we are gone (best effort, bounded)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         if deregister and self.registered.is_set():
             try:

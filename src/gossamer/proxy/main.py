@@ -23,6 +23,7 @@ from gossamer.proxy.cache import CacheError, SnapshotCache
 from gossamer.proxy.dataplane import BoundAddresses, DataPlane, ProxySettings
 from gossamer.proxy.readiness import ReadinessProbe
 from gossamer.snapshot import Snapshot
+from gossamer.tasks import cancel_all
 from gossamer.telemetry.metrics import Registry
 
 log = logging.getLogger("gossamer.proxy")
@@ -290,11 +291,7 @@ class ProxyProcess:
         self.draining = True
         self._readiness_changed()
         log.info("draining (up to %gs)", self.options.drain_timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         jobs = []
         if self._dataplane is not None:

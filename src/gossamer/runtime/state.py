@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gossamer.files import write_atomically
+
 ENV_STATE_DIR = "GOSSAMER_STATE_DIR"
 DEFAULT_STATE_DIR = ".gossamer"
 
@@ -85,10 +87,9 @@ class StateDir:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp name and rename it, so that a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically, so that a reader never sees half a file (read by live processes
+    only, so no fsync)."""
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=False)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
