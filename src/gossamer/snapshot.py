@@ -23,6 +23,7 @@ PathMatchType = Literal["Exact", "PathPrefix", "RegularExpression"]
 ValueMatchType = Literal["Exact", "RegularExpression"]
 LoadBalancerPolicy = Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"]
 Protocol = Literal["http", "tcp"]
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 _T = TypeVar("_T")
 
 
@@ -228,6 +229,14 @@ class RetryBudget(_Base, kw_only=True, frozen=True):
     ttl: float = 10.0
 
 
+class UpstreamTls(_Base, kw_only=True, frozen=True):
+    """Originate mTLS to this cluster's endpoints and accept only these peer identities."""
+
+    # SPIFFE IDs (or `*` patterns, see `gossamer.security.spiffe.matches`) the destination's
+    # replicas may run as; a server presenting any other is refused after the handshake.
+    identities: list[str]
+
+
 class Cluster(_Base, kw_only=True, frozen=True):
     name: str  # "<service>.<namespace>" or "<service>.<namespace>.<subset>"
     service: str
@@ -237,6 +246,7 @@ class Cluster(_Base, kw_only=True, frozen=True):
     connection_pool: ConnectionPool = ConnectionPool()
     retry_budget: RetryBudget = RetryBudget()
     endpoints: list[Endpoint] = []
+    tls: UpstreamTls | None = None  # None: plaintext (the destination's mode is DISABLE)
 
 
 # --- authorization -------------------------------------------------------------------------------
@@ -295,6 +305,22 @@ class AuthzConfig(_Base, kw_only=True, frozen=True):
     default_port: int | None = None
 
 
+# --- mutual TLS ----------------------------------------------------------------------------------
+
+
+class MeshTls(_Base, kw_only=True, frozen=True):
+    """This proxy's side of the mesh's mTLS: how its inbound listener treats peers, whom to trust."""
+
+    # STRICT: only mTLS on the inbound listener; PERMISSIVE: mTLS and plaintext on the same
+    # port, told apart by the first byte; DISABLE: plaintext only.
+    mode: MtlsMode
+    # PEM of every root a peer's SVID may chain to (more than one during a root rotation).
+    trust_bundle: str = ""
+    # SHA-256 fingerprint (hex) of the CA now issuing SVIDs: a proxy whose SVID another CA
+    # issued renews it at once (root rotation).
+    signer: str = ""
+
+
 # --- the whole -----------------------------------------------------------------------------------
 
 
@@ -306,6 +332,7 @@ class Snapshot(_Base, kw_only=True, frozen=True):
     virtual_hosts: list[VirtualHost] = []
     clusters: list[Cluster] = []
     authz: AuthzConfig | None = None  # None: no policy selects this proxy's service
+    tls: MeshTls | None = None  # None: no mTLS at all, inbound or outbound (static snapshots)
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")

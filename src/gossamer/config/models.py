@@ -189,9 +189,23 @@ class MeshDefaults(Model):
     )
 
 
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+
+
+class MtlsSpec(Model):
+    """How a service's sidecars accept traffic from other sidecars (Istio's PeerAuthentication).
+
+    STRICT: mutual TLS only, plaintext refused; PERMISSIVE: mutual TLS and plaintext on the same
+    port (for migrating clients that have no sidecar yet); DISABLE: plaintext only.
+    """
+
+    mode: MtlsMode = "STRICT"
+
+
 class MeshSpec(Model):
     trust_domain: str = "gossamer.local"
     defaults: MeshDefaults = MeshDefaults()
+    mtls: MtlsSpec = MtlsSpec()
 
 
 class Mesh(Resource):
@@ -235,6 +249,7 @@ class Subset(Model):
 class ServiceSpec(Model):
     ports: list[ServicePort] = Field(default_factory=lambda: [ServicePort()], min_length=1)
     service_account: Name | None = None
+    mtls: MtlsSpec | None = None  # None: the Mesh's mode
     # The local runtime: how to run the replicas.
     command: Command = None
     env: dict[str, str] = {}

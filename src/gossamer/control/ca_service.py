@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gossamer.control.client import CA_BUNDLE_FILE
+from gossamer.control.distribute import Trust
 from gossamer.control.store.base import Store
-from gossamer.security.bundle import TrustBundle
+from gossamer.security.bundle import TrustBundle, fingerprint
 from gossamer.security.ca import (
     CLOCK_SKEW,
     DEFAULT_SVID_TTL,
@@ -122,6 +123,14 @@ class MeshCa:
 
     def bundle_pem(self) -> bytes:
         return self.bundle().to_pem()
+
+    def signer_fingerprint(self) -> str:
+        """The SHA-256 fingerprint of the CA certificate that signs SVIDs now."""
+        return fingerprint(self.ca.cert)
+
+    def trust(self) -> Trust:
+        """The bundle and signer every proxy gets in its Snapshot."""
+        return Trust(bundle_pem=self.bundle_pem().decode("ascii"), signer=self.signer_fingerprint())
 
     def sign_svid(self, csr_pem: bytes | str, spiffe_id: SpiffeId) -> Svid:
         """A workload SVID for `spiffe_id` (which the caller proved); see `sign_csr`."""

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
+
 from gossamer import snapshot as snap
 from gossamer.config.models import Resource
 from gossamer.control.registry import Registration, Registry
@@ -18,6 +20,14 @@ TranslateFn = Callable[
     [Sequence[Resource], Sequence[Registration], snap.ProxyIdentity], snap.Snapshot
 ]
 ProxyState = Literal["ACK", "NACK", "PENDING", "STALE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What every proxy must trust and who issues SVIDs now: from the CA, not from resources."""
+
+    bundle_pem: str  # every root a peer's SVID may chain to
+    signer: str  # SHA-256 fingerprint (hex) of the CA certificate now issuing SVIDs
 
 
 def _default_translate() -> TranslateFn:
@@ -61,8 +71,12 @@ class Distributor:
         clock: Callable[[], float],
         translate: TranslateFn | None = None,
         debounce: float = 0.015,
+        trust: Callable[[], Trust] | None = None,
     ) -> None:
+        """`trust` is read at each recomputation: after changing the CA's bundle or signer, call
+        `mark_dirty()` and every proxy gets it in its next Snapshot."""
         self._resources = resources
+        self._trust = trust
         self._registry = registry
         self._clock = clock
         self._translate = translate or _default_translate()
@@ -94,10 +108,20 @@ class Distributor:
         )
 
     def _build(
-        self, reg: Registration, resources: Sequence[Resource], endpoints: Sequence[Registration]
+        self,
+        reg: Registration,
+        resources: Sequence[Resource],
+        endpoints: Sequence[Registration],
+        trust: Trust | None,
     ) -> snap.Snapshot | None:
         try:
-            return self._translate(resources, endpoints, self._identity(reg))
+            built = self._translate(resources, endpoints, self._identity(reg))
+            if trust is not None and built.tls is not None:
+                tls = msgspec.structs.replace(
+                    built.tls, trust_bundle=trust.bundle_pem, signer=trust.signer
+                )
+                built = snap.seal(msgspec.structs.replace(built, tls=tls))
+            return built
         except Exception:
             # A translator failure for one proxy must not stop the others; it keeps its last one.
             log.exception("cannot build the snapshot of proxy %s", reg.proxy_id)
@@ -122,6 +146,7 @@ class Distributor:
         self.recomputations += 1
         resources = self._resources()
         endpoints = self._registry.endpoints()
+        trust = self._trust() if self._trust is not None else None
         live = {reg.proxy_id for reg in endpoints}
         for proxy_id in list(self._status):
             if proxy_id not in live:
@@ -129,7 +154,7 @@ class Distributor:
                 if gone.changed is not None:
                     gone.changed.set()  # release its polls; they find the proxy unknown
         for reg in endpoints:
-            built = self._build(reg, resources, endpoints)
+            built = self._build(reg, resources, endpoints, trust)
             if built is not None:
                 self._store_snapshot(self._status_of(reg.proxy_id), built)
 
@@ -144,7 +169,8 @@ class Distributor:
             raise UnknownProxyError(proxy_id)
         status = self._status_of(proxy_id)
         if status.snapshot is None:
-            built = self._build(reg, self._resources(), self._registry.endpoints())
+            trust = self._trust() if self._trust is not None else None
+            built = self._build(reg, self._resources(), self._registry.endpoints(), trust)
             if built is None:
                 raise RuntimeError(f"cannot build the snapshot of proxy {proxy_id}")
             self._store_snapshot(status, built)

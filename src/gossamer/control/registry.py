@@ -14,6 +14,15 @@ from gossamer.control.store.base import Store
 log = logging.getLogger(__name__)
 
 
+class SvidStatus(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """The SVID a proxy serves with, as it reports in its heartbeat (for rotation and checks)."""
+
+    spiffe_id: str
+    serial: str  # hex
+    not_after: float  # unix seconds
+    signer: str  # SHA-256 fingerprint (hex) of the CA certificate that issued it
+
+
 class Registration(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     """One registered proxy (sidecar) and the endpoint it serves for its service.
 
@@ -34,6 +43,7 @@ class Registration(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     ready: bool = False
     healthy: bool = False
     last_heartbeat: float = 0.0
+    svid: SvidStatus | None = None  # None: no SVID yet (or a proxy without mTLS)
 
 
 REGISTRY_PREFIX = "/registry/"

@@ -57,6 +57,7 @@ class ControlPlane:
             clock=clock,
             translate=translate,
             debounce=debounce,
+            trust=ca.trust,
         )
         self.cache.subscribe(self.distributor.mark_dirty)
         self.registry.subscribe(self.distributor.mark_dirty)

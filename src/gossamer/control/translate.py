@@ -175,6 +175,7 @@ def translate(
         virtual_hosts=virtual_hosts,
         clusters=clusters,
         authz=_authz(world, proxy),
+        tls=_tls(world, proxy),
     )
     return snap.seal(built)
 
@@ -345,6 +346,28 @@ def _cluster(key: ClusterKey, world: _World, regs: Sequence[Registration]) -> sn
         connection_pool=pool,
         retry_budget=budget,
         endpoints=endpoints,
+        tls=_upstream_tls(world, ns, name, service),
+    )
+
+
+def _mtls_mode(world: _World, service: Service | None) -> snap.MtlsMode:
+    own = service.spec.mtls if service is not None else None
+    return (own or world.mesh.mtls).mode
+
+
+def _account(service: Service | None, name: str) -> str:
+    return (service.spec.service_account if service is not None else None) or name
+
+
+def _upstream_tls(
+    world: _World, ns: str, name: str, service: Service | None
+) -> snap.UpstreamTls | None:
+    """Originate mTLS unless the destination accepts only plaintext; its replicas must present
+    the SVID of its service account (PERMISSIVE accepts mTLS too, so it gets mTLS)."""
+    if _mtls_mode(world, service) == "DISABLE":
+        return None
+    return snap.UpstreamTls(
+        identities=[spiffe_id(world.mesh.trust_domain, ns, _account(service, name))]
     )
 
 
@@ -414,9 +437,17 @@ def _inbound(
 
 def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
     service = world.services.get((proxy.namespace, proxy.service))
-    account = (service.spec.service_account if service is not None else None) or proxy.service
+    account = _account(service, proxy.service)
     return msgspec.structs.replace(
         proxy, spiffe_id=spiffe_id(world.mesh.trust_domain, proxy.namespace, account)
+    )
+
+
+def _tls(world: _World, proxy: snap.ProxyIdentity) -> snap.MeshTls:
+    """The proxy's inbound mode; the control plane's distributor adds the bundle and signer,
+    which come from the CA rather than from resources."""
+    return snap.MeshTls(
+        mode=_mtls_mode(world, world.services.get((proxy.namespace, proxy.service)))
     )
 
 
