@@ -309,7 +309,7 @@ class AuthzConfig(_Base, kw_only=True, frozen=True):
 
 
 class MeshTls(_Base, kw_only=True, frozen=True):
-    """This proxy's side of the mesh's mTLS: how its inbound listener treats peers, whom to trust."""
+    """This proxy's side of mTLS: how its inbound listener treats peers, and whom to trust."""
 
     # STRICT: only mTLS on the inbound listener; PERMISSIVE: mTLS and plaintext on the same
     # port, told apart by the first byte; DISABLE: plaintext only.

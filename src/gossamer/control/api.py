@@ -23,6 +23,7 @@ from gossamer import snapshot as snap
 from gossamer.config.errors import ConfigError, Problem, did_you_mean
 from gossamer.config.models import KINDS
 from gossamer.config.validate import validate_apply
+from gossamer.control.api_ca import ca_router
 from gossamer.control.ca_service import CONTROL_PLANE_NAMESPACE
 from gossamer.control.distribute import UnknownProxyError
 from gossamer.control.registry import Registration
@@ -762,6 +763,7 @@ def create_app(
             raise _unknown_proxy(proxy_id)
         return {"proxyId": proxy_id}
 
+    app.include_router(ca_router(cp))
     return app
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
 import secrets
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gossamer.control.client import CA_BUNDLE_FILE
-from gossamer.control.distribute import Trust
+from gossamer.control.distribute import Distributor, Trust
+from gossamer.control.registry import Registry
 from gossamer.control.store.base import Store
 from gossamer.security.bundle import TrustBundle, fingerprint
 from gossamer.security.ca import (
@@ -65,17 +68,30 @@ class MeshCa:
     logged and never served. Build one with `open`.
     """
 
-    def __init__(self, ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, state_dir: Path):
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        key: ec.EllipticCurvePrivateKey,
+        state_dir: Path,
+        svid_ttl: dt.timedelta = DEFAULT_SVID_TTL,
+    ):
         self.ca = ca
         self._key = key
         self.state_dir = state_dir
+        self.svid_ttl = svid_ttl
+        # The TLS contexts that serve the API; they get the new roots and certificate on rotation.
+        self._server_contexts: list[ssl.SSLContext] = []
 
     def __repr__(self) -> str:
         return f"MeshCa(trust_domain={self.trust_domain!r})"
 
     @classmethod
     async def open(
-        cls, store: Store, state_dir: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN
+        cls,
+        store: Store,
+        state_dir: Path,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        svid_ttl: dt.timedelta = DEFAULT_SVID_TTL,
     ) -> MeshCa:
         """Load the root from `store` and its key from `state_dir`, or create both on first start.
 
@@ -105,7 +121,7 @@ class MeshCa:
             except KeyFileError as exc:
                 raise CaError(f"the mesh CA's private key: {exc}") from None
             ca = CertificateAuthority.load(kv.value, private_key_pem(key))
-        mesh_ca = cls(ca, key, state_dir)
+        mesh_ca = cls(ca, key, state_dir, svid_ttl)
         write_file_atomic(state_dir / BUNDLE_FILE, mesh_ca.bundle_pem())
         return mesh_ca
 
@@ -134,7 +150,17 @@ class MeshCa:
 
     def sign_svid(self, csr_pem: bytes | str, spiffe_id: SpiffeId) -> Svid:
         """A workload SVID for `spiffe_id` (which the caller proved); see `sign_csr`."""
-        return self.ca.sign_csr(csr_pem, spiffe_id, ttl=DEFAULT_SVID_TTL)
+        return self.ca.sign_csr(csr_pem, spiffe_id, ttl=self.svid_ttl)
+
+    def attach_server_context(self, ctx: ssl.SSLContext) -> None:
+        """Have `ctx` (the API's HTTPS listener) verify client SVIDs against the mesh's roots,
+        now and after every change of roots."""
+        ctx.load_verify_locations(cadata=self.bundle_pem().decode("ascii"))
+        self._server_contexts.append(ctx)
+
+    async def run(self, registry: Registry, distributor: Distributor) -> None:
+        """The CA's background work for the life of the control plane (root rotation)."""
+        await asyncio.Event().wait()
 
     def issue_control_plane_cert(
         self, hosts: list[str], now: dt.datetime | None = None

@@ -110,6 +110,7 @@ class ControlPlane:
             asyncio.create_task(self.cache.follow(), name="resource-watch"),
             asyncio.create_task(self.registry.run(), name="registry-ttl"),
             asyncio.create_task(self.distributor.run(), name="distribute"),
+            asyncio.create_task(self.ca.run(self.registry, self.distributor), name="ca"),
         ]
 
     async def close(self) -> None:
