@@ -375,3 +375,35 @@ def test_a_reused_anchor_is_a_problem_not_a_stray_warning() -> None:
     text = "a: &x 1\nb: &x 2\n"
     _, problems = collect_text(text, "shop.yaml")
     assert "shop.yaml:2:4: invalid YAML: found duplicate anchor 'x'" in [str(p) for p in problems]
+
+
+def test_mtls_modes_load_and_bad_ones_are_pointed_at() -> None:
+    (mesh, service) = load_text(
+        dedent("""\
+            apiVersion: gossamer.dev/v1alpha1
+            kind: Mesh
+            metadata: {name: m}
+            spec: {mtls: {mode: PERMISSIVE}}
+            ---
+            apiVersion: gossamer.dev/v1alpha1
+            kind: Service
+            metadata: {name: legacy}
+            spec: {mtls: {mode: DISABLE}}
+            """),
+        "mesh.yaml",
+    )
+    assert isinstance(mesh.resource, models.Mesh)
+    assert mesh.resource.spec.mtls.mode == "PERMISSIVE"
+    assert isinstance(service.resource, models.Service)
+    assert service.resource.spec.mtls is not None
+    assert service.resource.spec.mtls.mode == "DISABLE"
+    assert models.ServiceSpec().mtls is None  # the Mesh's mode applies
+    assert models.MeshSpec().mtls.mode == "STRICT"
+
+    assert _problems("""\
+        apiVersion: gossamer.dev/v1alpha1
+        kind: Service
+        metadata: {name: a}
+        spec:
+          mtls: {mode: strict}
+        """) == ["shop.yaml:4:10: spec.mtls.mode: must be one of: STRICT, PERMISSIVE, DISABLE"]
