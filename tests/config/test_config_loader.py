@@ -406,4 +406,4 @@ def test_mtls_modes_load_and_bad_ones_are_pointed_at() -> None:
         metadata: {name: a}
         spec:
           mtls: {mode: strict}
-        """) == ["shop.yaml:4:10: spec.mtls.mode: must be one of: STRICT, PERMISSIVE, DISABLE"]
+        """) == ["shop.yaml:5:10: spec.mtls.mode: must be one of: STRICT, PERMISSIVE, DISABLE"]
