@@ -9,8 +9,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("direct", "gossamer", "envoy", "nginx", "haproxy", "mesh-path")
+TARGETS = (
+    "direct",
+    "gossamer",
+    "envoy",
+    "nginx",
+    "haproxy",
+    "mesh-path",
+    "mesh-path-mtls",
+    "envoy-mesh-mtls",
+    "nginx-mesh-tls",
+)
 PEERS = ("envoy", "nginx", "haproxy")
+# Two hops with mutual TLS between them: Gossamer's sidecars against the peers doing the same.
+MTLS_TARGET = "mesh-path-mtls"
+MTLS_PEERS = ("envoy-mesh-mtls", "nginx-mesh-tls")
 # The figures every target object carries (the interface scripts rely on), then the extra ones.
 KEYS = ("rps_c50", "p50_us_c1", "p99_us_c1", "p50_us_c50", "p99_us_c50", "rss_mib")
 EXTRA_KEYS = ("rps_c1", "errors")
@@ -55,10 +68,11 @@ def ratios(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Gossamer against each peer: req/s at c=50, added p50 at c=1 (minus direct's), RSS."""
     direct_p50 = targets.get("direct", {}).get("p50_us_c1")
     added: dict[str, float | None] = {}
-    for name in ("gossamer", *PEERS, "mesh-path"):
+    for name in TARGETS[1:]:
         p50 = targets.get(name, {}).get("p50_us_c1")
         added[name] = None if p50 is None or direct_p50 is None else round(p50 - direct_p50, 1)
     g = targets.get("gossamer", {})
+    m = targets.get(MTLS_TARGET, {})
     return {
         "added_p50_us_c1": added,
         "rps_c50": {
@@ -69,6 +83,17 @@ def ratios(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "rss": {
             f"gossamer/{p}": _ratio(g.get("rss_mib"), targets.get(p, {}).get("rss_mib"))
             for p in PEERS
+        },
+        # The mTLS mesh path against each peer's, and against Gossamer's own plaintext path.
+        "mtls": {
+            "rps_c50": {
+                f"{MTLS_TARGET}/{p}": _ratio(m.get("rps_c50"), targets.get(p, {}).get("rps_c50"))
+                for p in (*MTLS_PEERS, "mesh-path")
+            },
+            "added_p50_c1": {
+                f"{MTLS_TARGET}/{p}": _ratio(added[MTLS_TARGET], added[p])
+                for p in (*MTLS_PEERS, "mesh-path")
+            },
         },
     }
 
@@ -138,7 +163,7 @@ def warnings(
 
 
 def document(targets: Mapping[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """latest.json: one top-level object per target (all six, always), plus "meta"."""
+    """latest.json: one top-level object per target (all of TARGETS, always), plus "meta"."""
     doc: dict[str, Any] = {}
     for name in TARGETS:
         doc[name] = targets.get(name) or {**{k: None for k in KEYS}, "error": "not measured"}
@@ -194,6 +219,14 @@ def ratio_lines(doc: Mapping[str, Any]) -> str:
             f"added p50 at c=1 {_fmt(r['added_p50_c1'][f'gossamer/{peer}'], 2)}x, "
             f"RSS {_fmt(r['rss'][f'gossamer/{peer}'], 2)}x"
         )
+    mtls = r.get("mtls")
+    if mtls is not None:
+        for peer in (*MTLS_PEERS, "mesh-path"):
+            key = f"{MTLS_TARGET}/{peer}"
+            lines.append(
+                f"- {MTLS_TARGET} / {peer}: req/s {_fmt(mtls['rps_c50'][key], 2)}x, "
+                f"added p50 at c=1 {_fmt(mtls['added_p50_c1'][key], 2)}x"
+            )
     for g in doc["meta"]["goals"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
         lines.append(f"- Goal: {g['goal']}: {_fmt(g['value'], 2)} ({mark})")

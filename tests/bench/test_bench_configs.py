@@ -66,3 +66,47 @@ def test_unknown_target_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         driver.parse_args(["--targets", "direct,linkerd"])
     assert "unknown target 'linkerd'" in capsys.readouterr().err
+
+
+def test_mtls_mesh_configs_share_one_root_and_cipher_suite(tmp_path: Path) -> None:
+    import certs
+    from cryptography import x509
+
+    c = certs.write_mesh_certs(tmp_path)
+    assert c.client.key.stat().st_mode & 0o077 == 0
+    server = x509.load_pem_x509_certificate(c.server.cert.read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [certs.SERVER_ID]
+    assert sans.get_values_for_type(x509.DNSName) == [certs.SERVER_DNS]
+    for side in ("front", "back"):
+        envoy = configs.envoy_mesh(
+            tmp_path, side, port=40010, admin_port=40011, peer_port=40012,
+            cert=c.client.cert, key=c.client.key, bundle=c.bundle, server_id=certs.SERVER_ID,
+        ).read_text()  # fmt: skip
+        nginx = configs.nginx_mesh(
+            tmp_path, side, port=40013, peer_port=40014, cert=c.client.cert, key=c.client.key,
+            bundle=c.bundle, server_dns=certs.SERVER_DNS,
+        ).read_text()  # fmt: skip
+        assert "$" not in envoy + nginx
+        assert "TLSv1_3" in envoy
+        assert "TLSv1.3" in nginx
+        assert f"Ciphersuites {configs.CIPHERSUITE}" in nginx
+        assert str(c.bundle) in envoy
+        assert str(c.bundle) in nginx
+    assert "require_client_certificate: true" in envoy  # the back side, last rendered
+    assert "ssl_verify_client on;" in nginx
+    assert configs.CIPHERSUITE in configs.openssl_conf(tmp_path).read_text()
+
+
+def test_mtls_snapshot_is_strict_and_names_the_peer(tmp_path: Path) -> None:
+    path = configs.gossamer_snapshot(
+        tmp_path / "s.json", proxy_id="bench-a", service="bench", app_port=40001,
+        endpoint="127.0.0.1:40009", mtls=("PEM", "spiffe://bench.local/ns/default/sa/backend"),
+    )  # fmt: skip
+    snap = snapshot.decode(path.read_bytes())
+    assert snap.tls is not None
+    assert snap.tls.mode == "STRICT"
+    assert snap.tls.trust_bundle == "PEM"
+    (cluster,) = snap.clusters
+    assert cluster.tls is not None
+    assert cluster.tls.identities == ["spiffe://bench.local/ns/default/sa/backend"]
