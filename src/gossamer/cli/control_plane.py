@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sqlite3
 import sys
@@ -20,20 +21,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--listen",
         default="127.0.0.1:0",
-        help="host:port of the operator API, over HTTPS (port 0: any free port)",
-    )
-    parser.add_argument(
-        "--internal-listen",
-        default="127.0.0.1:0",
-        metavar="HOST:PORT",
-        help="host:port of the proxies' plain-HTTP listener (until proxies use mTLS)",
+        help="host:port of the one HTTPS listener, for operators (bearer tokens) and proxies "
+        "(their SVIDs, mTLS) (port 0: any free port)",
     )
     parser.add_argument("--state-dir", required=True, metavar="DIR", help="where state is kept")
     parser.add_argument(
         "--ready-file",
         metavar="PATH",
-        help='written once serving: {"api": "https://127.0.0.1:PORT", "internal": '
-        '"http://127.0.0.1:PORT", "caBundle": PATH, "adminTokenFile": PATH, "pid": N}',
+        help='written once serving: {"api": "https://127.0.0.1:PORT", "caBundle": PATH, '
+        '"adminTokenFile": PATH, "trustDomain": TD, "pid": N}',
+    )
+    parser.add_argument(
+        "--svid-ttl",
+        default="24h",
+        metavar="DURATION",
+        help="lifetime of the SVIDs issued to proxies, such as 24h, 90m or 30s (default 24h)",
+    )
+    parser.add_argument(
+        "--trust-domain",
+        default="gossamer.local",
+        metavar="TD",
+        help="trust domain of the mesh root CA made at first start (later starts keep the "
+        "existing root's; default gossamer.local)",
     )
     parser.add_argument(
         "--heartbeat-ttl",
@@ -48,19 +57,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _svid_ttl(text: str) -> dt.timedelta:
+    from gossamer.config.models import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise CommandError(f"--svid-ttl: {exc}", code=2) from None
+    if seconds < 1:
+        raise CommandError(f"--svid-ttl must be at least 1s, got {text!r}", code=2)
+    return dt.timedelta(seconds=seconds)
+
+
 def run(args: argparse.Namespace) -> int:
     from gossamer.control.server import parse_listen, serve
     from gossamer.security.ca import CaError
     from gossamer.security.csr import KeyFileError
+    from gossamer.security.spiffe import SpiffeIdError, validate_trust_domain
 
     try:
         parse_listen(args.listen)
     except ValueError as exc:
         raise CommandError(str(exc), code=2) from None
+    svid_ttl = _svid_ttl(args.svid_ttl)
     try:
-        parse_listen(args.internal_listen)
-    except ValueError as exc:
-        raise CommandError(str(exc).replace("--listen", "--internal-listen"), code=2) from None
+        validate_trust_domain(args.trust_domain)
+    except SpiffeIdError as exc:
+        raise CommandError(f"--trust-domain: {exc}", code=2) from None
     if not args.heartbeat_ttl > 0:
         raise CommandError(f"--heartbeat-ttl must be positive, got {args.heartbeat_ttl}", code=2)
     logging.basicConfig(
@@ -75,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             serve(
                 args.listen,
                 args.state_dir,
-                internal_listen=args.internal_listen,
+                trust_domain=args.trust_domain,
+                svid_ttl=svid_ttl,
                 ready_file=args.ready_file,
                 heartbeat_ttl=args.heartbeat_ttl,
                 # uvicorn's own messages stay quiet; ours say what matters.

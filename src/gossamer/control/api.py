@@ -26,7 +26,7 @@ from gossamer.config.validate import validate_apply
 from gossamer.control.api_ca import ca_router
 from gossamer.control.ca_service import CONTROL_PLANE_NAMESPACE
 from gossamer.control.distribute import UnknownProxyError
-from gossamer.control.registry import Registration
+from gossamer.control.registry import Registration, SvidStatus
 from gossamer.control.resources import (
     RESOURCES_PREFIX,
     apply_resources,
@@ -34,6 +34,7 @@ from gossamer.control.resources import (
     resource_key,
     service_users,
 )
+from gossamer.control.tls_peer import PEER_ERROR_KEY, PEER_KEY
 from gossamer.security.ca import CaError, CsrError
 from gossamer.security.spiffe import SpiffeId, SpiffeIdError
 from gossamer.security.tokens import Action, Role, TokenError, role_allows
@@ -155,6 +156,7 @@ class RegisterRequest(_Body):
     admin: str = ""
     app_port: int = Field(0, ge=0, le=65535)
     ready: bool = False
+    svid: SvidReport | None = None
 
     @field_validator("inbound")
     @classmethod
@@ -181,8 +183,26 @@ class OperatorTokenRequest(_Body):
     description: str = Field("", max_length=200)
 
 
+class SvidReport(_Body):
+    """The SVID a proxy serves with (its heartbeat reports it)."""
+
+    spiffe_id: str = Field(min_length=1)
+    serial: str = Field(min_length=1, description="hex")
+    not_after: float = Field(description="unix seconds")
+    signer: str = Field("", description="SHA-256 fingerprint (hex) of the issuing CA certificate")
+
+    def status(self) -> SvidStatus:
+        return SvidStatus(
+            spiffe_id=self.spiffe_id,
+            serial=self.serial,
+            not_after=self.not_after,
+            signer=self.signer,
+        )
+
+
 class HeartbeatRequest(_Body):
     ready: bool | None = None
+    svid: SvidReport | None = None
 
 
 class AckRequest(_Body):
@@ -281,8 +301,7 @@ class _Guard:
             log.info("%s %s %d", method, _loggable(path), status)
 
 
-Listener = Literal["operator", "internal"]
-# The proxies' calls (unauthenticated until proxies present their SVID over mTLS).
+# The proxies' calls: authenticated by the proxy's SVID (a TLS client certificate), never a token.
 _PROXY_PROTOCOL = re.compile(r"/v1/proxies/[^/]+(/(register|heartbeat|snapshot|ack))?")
 # Public: the trust bundle, and SVID issuance (which checks its own bootstrap token).
 _PUBLIC = frozenset({("GET", "/v1/ca/bundle"), ("POST", "/v1/svid")})
@@ -307,14 +326,24 @@ class _Refusal:
     message: str
 
 
-class _Auth:
-    """Checks `Authorization: Bearer <operator token>` against the caller's role, or, on the
-    internal listener, lets through only the proxies' calls."""
+def peer_refusal(scope: Scope, what: str) -> str:
+    """Why a call that needs a client SVID has none: no certificate, or a refused one."""
+    error = scope.get(PEER_ERROR_KEY)
+    if error:
+        return f"{what} needs a valid SVID, and this client's certificate is refused: {error}"
+    return (
+        f"{what} needs the proxy's SVID as a TLS client certificate (mTLS); "
+        "bearer tokens are not accepted for it"
+    )
 
-    def __init__(self, app: ASGIApp, cp: ControlPlane, listener: Listener = "operator") -> None:
+
+class _Auth:
+    """Proxy calls: a verified client SVID (the handlers check which one). Everything else but
+    the public calls: `Authorization: Bearer <operator token>` checked against the role."""
+
+    def __init__(self, app: ASGIApp, cp: ControlPlane) -> None:
         self.app = app
         self.cp = cp
-        self.listener = listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -330,15 +359,16 @@ class _Auth:
     def _check(self, scope: Scope) -> _Refusal | None:
         method: str = scope["method"]
         path: str = scope["path"]
-        if self.listener == "internal":
-            if _PROXY_PROTOCOL.fullmatch(path):
+        if _PROXY_PROTOCOL.fullmatch(path):
+            if scope.get(PEER_KEY):
                 return None
-            return _Refusal(
-                404,
-                "not_found",
-                f"{method} {path} is not served on the proxies' internal listener: the operator "
-                "API is served over HTTPS (see `gossamer status`)",
+            # Operators may read the snapshot built for a proxy (`gossamer` shows it); every
+            # other proxy call is the proxy's own.
+            operator_read = (
+                method == "GET" and path.endswith("/snapshot") and _bearer(scope) is not None
             )
+            if not operator_read:
+                return _Refusal(401, "unauthenticated", peer_refusal(scope, f"{method} {path}"))
         needed = required_action(method, path)
         if needed is None:
             return None
@@ -417,7 +447,6 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_apply_resources: int = MAX_APPLY_RESOURCES,
-    listener: Listener = "operator",
 ) -> FastAPI:
     """The API bound to one running control plane.
 
@@ -469,7 +498,7 @@ def create_app(
         return _error_response(exc.status_code, code, message)
 
     # Added first, so it runs inside the guard: refusals are logged (never the token) like the rest.
-    app.add_middleware(_Auth, cp=cp, listener=listener)
+    app.add_middleware(_Auth, cp=cp)
     app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
 
     # --- operator API ---
@@ -502,6 +531,7 @@ def create_app(
                 )
             except ConfigError as exc:
                 raise invalid(exc.problems) from None
+            _check_trust_domain([item.resource for item in loaded], cp.ca.trust_domain)
             result = await apply_resources(
                 store, current, [item.resource for item in loaded], dry_run=dry_run
             )
@@ -582,6 +612,7 @@ def create_app(
                     "state": state,
                     "error": status.error,
                     "lastContact": status.last_contact,
+                    "svid": svid_item(reg.svid),
                 }
             )
         return {"items": items}
@@ -594,16 +625,16 @@ def create_app(
         return Response(cp.ca.bundle_pem(), media_type="application/x-pem-file")
 
     @app.post("/v1/svid")
-    async def issue_svid(body: SvidRequest) -> dict[str, Any]:
-        """Sign a workload's CSR for the identity its bootstrap token is bound to."""
-        if not body.token:
-            raise ApiError(
-                401, "unauthenticated", "a bootstrap token is required to get a first SVID"
-            )
+    async def issue_svid(body: SvidRequest, request: Request) -> dict[str, Any]:
+        """Sign a workload's CSR: a first SVID for the identity a bootstrap token is bound to,
+        or, without a token, a renewal of the identity of the client SVID (mTLS)."""
         try:
-            svid = cp.tokens.redeem_bootstrap_for(
-                body.token, lambda spiffe_id: cp.ca.sign_svid(body.csr, spiffe_id)
-            )
+            if body.token:
+                svid = cp.tokens.redeem_bootstrap_for(
+                    body.token, lambda spiffe_id: cp.ca.sign_svid(body.csr, spiffe_id)
+                )
+            else:
+                svid = cp.ca.sign_svid(body.csr, _renewing(request.scope))
         except TokenError as exc:
             raise ApiError(401, "unauthenticated", str(exc)) from None
         except CsrError as exc:
@@ -615,14 +646,41 @@ def create_app(
             ) from None
         except CaError as exc:
             raise ApiError(500, "internal", f"the mesh CA cannot sign: {exc}") from None
-        await cp.tokens.flush()
-        log.info("issued an SVID for %s (serial %x)", svid.spiffe_id, svid.serial)
+        if body.token:
+            await cp.tokens.flush()
+        log.info(
+            "%s an SVID for %s (serial %x)",
+            "issued" if body.token else "renewed",
+            svid.spiffe_id,
+            svid.serial,
+        )
         return {
             "spiffeId": str(svid.spiffe_id),
             "chain": (svid.cert_pem + svid.chain_pem).decode("ascii"),
             "notAfter": svid.not_after.isoformat(),
+            "signer": cp.ca.signer_fingerprint(),
             "bundle": cp.ca.bundle_pem().decode("ascii"),
         }
+
+    def _renewing(scope: Scope) -> SpiffeId:
+        peer = scope.get(PEER_KEY)
+        if not peer:
+            if scope.get(PEER_ERROR_KEY):
+                raise ApiError(401, "unauthenticated", peer_refusal(scope, "renewing an SVID"))
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "a bootstrap token (first SVID) or the current SVID as a TLS client certificate "
+                "(renewal) is required",
+            )
+        spiffe_id = SpiffeId.parse(peer)
+        if spiffe_id.namespace == CONTROL_PLANE_NAMESPACE:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"{spiffe_id} is one of the mesh's own identities: it cannot be renewed here",
+            )
+        return spiffe_id
 
     @app.post("/v1/tokens/bootstrap")
     async def create_bootstrap_token(body: BootstrapTokenRequest) -> dict[str, Any]:
@@ -707,8 +765,48 @@ def create_app(
 
     # --- proxy <-> control plane ---
 
+    def expected_identity(service: str, namespace: str) -> str:
+        """The SPIFFE ID a proxy of `namespace/service` runs as: the Service's serviceAccount
+        (default: the service's name; for a service not applied yet, its name)."""
+        found = cp.cache.resources.get(f"Service/{namespace}/{service}")
+        account = getattr(getattr(found, "spec", None), "service_account", None) or service
+        try:
+            return str(SpiffeId.workload(cp.ca.trust_domain, namespace, account))
+        except SpiffeIdError as exc:
+            raise ApiError(
+                422, "invalid", f"service {namespace}/{service} cannot have an identity: {exc}"
+            ) from None
+
+    def caller(request: Request, proxy_id: str) -> str | None:
+        """The proxy's verified SPIFFE ID, checked against the one that registered `proxy_id`.
+
+        None: an operator (only the snapshot read lets one through `_Auth`).
+        """
+        peer: str | None = request.scope.get(PEER_KEY)
+        if not peer:
+            return None
+        reg = registry.get(proxy_id)
+        if reg is not None:
+            owner = reg.identity or expected_identity(reg.service, reg.namespace)
+            if peer != owner:
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"proxy {proxy_id!r} is registered by {owner}; this client is {peer}",
+                )
+        return peer
+
     @app.post("/v1/proxies/{proxy_id}/register")
-    async def register(proxy_id: str, body: RegisterRequest) -> dict[str, Any]:
+    async def register(proxy_id: str, body: RegisterRequest, request: Request) -> dict[str, Any]:
+        peer = caller(request, proxy_id)
+        expected = expected_identity(body.service, body.namespace)
+        if peer != expected:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this client's SVID is {peer}, but a proxy of service {body.namespace}/"
+                f"{body.service} must run as {expected}",
+            )
         await registry.register(
             Registration(
                 proxy_id=proxy_id,
@@ -722,14 +820,21 @@ def create_app(
                 admin=body.admin,
                 app_port=body.app_port,
                 ready=body.ready,
+                svid=body.svid.status() if body.svid is not None else None,
+                identity=expected,
             )
         )
         distributor.touch(proxy_id)
         return {"heartbeatInterval": cp.heartbeat_interval}
 
     @app.post("/v1/proxies/{proxy_id}/heartbeat")
-    async def heartbeat(proxy_id: str, body: HeartbeatRequest | None = None) -> dict[str, Any]:
-        if not await registry.heartbeat(proxy_id, body.ready if body is not None else None):
+    async def heartbeat(
+        proxy_id: str, request: Request, body: HeartbeatRequest | None = None
+    ) -> dict[str, Any]:
+        caller(request, proxy_id)
+        ready = body.ready if body is not None else None
+        svid = body.svid.status() if body is not None and body.svid is not None else None
+        if not await registry.heartbeat(proxy_id, ready, svid):
             raise _unknown_proxy(proxy_id)
         distributor.touch(proxy_id)
         return {"heartbeatInterval": cp.heartbeat_interval}
@@ -737,10 +842,12 @@ def create_app(
     @app.get("/v1/proxies/{proxy_id}/snapshot")
     async def get_snapshot(
         proxy_id: str,
+        request: Request,
         version: str | None = None,
         wait: float | None = Query(None, ge=0, le=300, description="long-poll seconds"),
     ) -> Response:
         """The proxy's Snapshot when its version differs from `version`, else 304 after `wait`."""
+        caller(request, proxy_id)
         try:
             found = await distributor.poll(proxy_id, version or None, wait or 0.0)
         except UnknownProxyError:
@@ -750,7 +857,8 @@ def create_app(
         return Response(snap.encode(found), media_type="application/json")
 
     @app.post("/v1/proxies/{proxy_id}/ack")
-    async def ack(proxy_id: str, body: AckRequest) -> dict[str, Any]:
+    async def ack(proxy_id: str, body: AckRequest, request: Request) -> dict[str, Any]:
+        caller(request, proxy_id)
         try:
             distributor.ack(proxy_id, body.version, body.status == "ACK", body.error)
         except UnknownProxyError:
@@ -758,13 +866,45 @@ def create_app(
         return {}
 
     @app.delete("/v1/proxies/{proxy_id}")
-    async def deregister(proxy_id: str) -> dict[str, Any]:
+    async def deregister(proxy_id: str, request: Request) -> dict[str, Any]:
+        caller(request, proxy_id)
         if not await registry.deregister(proxy_id):
             raise _unknown_proxy(proxy_id)
         return {"proxyId": proxy_id}
 
     app.include_router(ca_router(cp))
     return app
+
+
+def svid_item(svid: SvidStatus | None) -> dict[str, Any] | None:
+    if svid is None:
+        return None
+    return {
+        "spiffeId": svid.spiffe_id,
+        "serial": svid.serial,
+        "notAfter": svid.not_after,
+        "signer": svid.signer,
+    }
+
+
+def _check_trust_domain(resources: Sequence[Any], trust_domain: str) -> None:
+    """A Mesh must name the CA's trust domain: SVIDs and the translator's identities must agree."""
+    for index, resource in enumerate(resources):
+        if getattr(resource, "kind", None) != "Mesh":
+            continue
+        wanted = resource.spec.trust_domain
+        if wanted != trust_domain:
+            message = (
+                f"Mesh {resource.metadata.name} names trust domain {wanted!r} but the mesh CA's "
+                f"root is for {trust_domain!r}; apply it with trustDomain: {trust_domain} (or "
+                "start a new control plane with --trust-domain)"
+            )
+            raise ApiError(
+                422,
+                "invalid",
+                message,
+                [{"path": f"resources[{index}].spec.trustDomain", "message": message}],
+            )
 
 
 def endpoint_item(reg: Registration) -> dict[str, Any]:

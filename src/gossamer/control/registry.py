@@ -44,6 +44,8 @@ class Registration(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     healthy: bool = False
     last_heartbeat: float = 0.0
     svid: SvidStatus | None = None  # None: no SVID yet (or a proxy without mTLS)
+    # The SPIFFE ID (client SVID) that registered this proxy id: only it may act on it after.
+    identity: str = ""
 
 
 REGISTRY_PREFIX = "/registry/"
@@ -134,14 +136,25 @@ class Registry:
             self._changed()
         return reg
 
-    async def heartbeat(self, proxy_id: str, ready: bool | None = None) -> bool:
-        """Record a heartbeat; False when the proxy is unknown (it should register again)."""
+    async def heartbeat(
+        self, proxy_id: str, ready: bool | None = None, svid: SvidStatus | None = None
+    ) -> bool:
+        """Record a heartbeat; False when the proxy is unknown (it should register again).
+
+        `svid`: the SVID the proxy serves with now; None keeps the last one reported.
+        """
         old = self._entries.get(proxy_id)
         if old is None:
             return False
         ready = old.ready if ready is None else ready
-        reg = msgspec.structs.replace(old, ready=ready, healthy=ready, last_heartbeat=self._clock())
-        if reg.ready != old.ready:
+        reg = msgspec.structs.replace(
+            old,
+            ready=ready,
+            healthy=ready,
+            last_heartbeat=self._clock(),
+            svid=old.svid if svid is None else svid,
+        )
+        if reg.ready != old.ready or reg.svid != old.svid:
             await self._store.put(registry_key(proxy_id), _persisted(reg))
         if proxy_id in self._entries:  # not deregistered while the write was in flight
             self._entries[proxy_id] = reg

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,19 +17,22 @@ from typing import Any
 
 import uvicorn
 
-from gossamer.control.ca_service import MeshCa
+from gossamer.control.ca_service import DEFAULT_TRUST_DOMAIN, MeshCa
 from gossamer.control.distribute import Distributor, TranslateFn
 from gossamer.control.operators import Tokens
 from gossamer.control.registry import Registry
 from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
+from gossamer.control.tls_peer import PeerChecker, protocol_class
 from gossamer.files import write_atomically
 from gossamer.tasks import cancel_all
 
 log = logging.getLogger("gossamer.control")
 
 STORE_FILE = "store.sqlite"
+# Used and expired bootstrap tokens are dropped from the Store this often.
+TOKEN_PRUNE_INTERVAL = 300.0
 
 
 class ControlPlane:
@@ -44,8 +49,10 @@ class ControlPlane:
         ca: MeshCa,
         tokens: Tokens,
         admin_token_file: Path,
+        token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
     ) -> None:
         self.store = store
+        self.token_prune_interval = token_prune_interval
         self.ca = ca
         self.tokens = tokens
         self.admin_token_file = admin_token_file
@@ -75,16 +82,23 @@ class ControlPlane:
         clock: Callable[[], float],
         translate: TranslateFn | None = None,
         debounce: float = 0.015,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        svid_ttl: dt.timedelta | None = None,
+        token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
     ) -> ControlPlane:
         """Open the SQLite store in `state_dir` (created if needed) and build the parts on it.
 
-        On first start this also creates the mesh root CA (key 0600 in `state_dir`) and the
-        first admin token (0600 in `state_dir/admin.token`); later starts load them.
+        On first start this also creates the mesh root CA for `trust_domain` (key 0600 in
+        `state_dir`) and the first admin token (0600 in `state_dir/admin.token`); later starts
+        load them (and ignore `trust_domain`). `svid_ttl`: the lifetime of issued SVIDs.
         """
         state = Path(state_dir)
         store = await SqliteStore.open(state / STORE_FILE)
         try:
-            ca = await MeshCa.open(store, state)
+            if svid_ttl is None:
+                ca = await MeshCa.open(store, state, trust_domain)
+            else:
+                ca = await MeshCa.open(store, state, trust_domain, svid_ttl)
             tokens = await Tokens.open(store, clock)
             admin_token_file = await tokens.ensure_admin(state)
         except BaseException:
@@ -99,6 +113,7 @@ class ControlPlane:
             ca=ca,
             tokens=tokens,
             admin_token_file=admin_token_file,
+            token_prune_interval=token_prune_interval,
         )
 
     async def start(self) -> None:
@@ -111,7 +126,24 @@ class ControlPlane:
             asyncio.create_task(self.registry.run(), name="registry-ttl"),
             asyncio.create_task(self.distributor.run(), name="distribute"),
             asyncio.create_task(self.ca.run(self.registry, self.distributor), name="ca"),
+            asyncio.create_task(self._prune_tokens(), name="token-prune"),
         ]
+
+    async def prune_tokens(self) -> int:
+        """Drop used and expired bootstrap tokens (and expired operator tokens) from the Store."""
+        gone = self.tokens.tokens.prune()
+        if gone:
+            await self.tokens.flush()
+            log.info("pruned %d used or expired token%s", gone, "" if gone == 1 else "s")
+        return gone
+
+    async def _prune_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(self.token_prune_interval)
+            try:
+                await self.prune_tokens()
+            except Exception:
+                log.exception("pruning tokens failed; trying again later")
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
@@ -138,23 +170,11 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server that announces its bound address and exits 0 on SIGTERM/SIGINT.
+    """uvicorn's server that announces its bound address and exits 0 on SIGTERM/SIGINT."""
 
-    With several listeners in one process, only the first (`signals=True`) takes the signals;
-    stopping it stops its `peers` too.
-    """
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        on_started: Callable[[str, int], None],
-        *,
-        signals: bool = True,
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[str, int], None]) -> None:
         super().__init__(config)
         self._on_started = on_started
-        self._signals = signals
-        self.peers: list[_Server] = []
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -168,9 +188,6 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         # uvicorn re-raises the captured signal after shutdown, which would end the process
         # "killed by SIGTERM"; a requested stop is a clean exit here.
-        if not self._signals:
-            yield
-            return
         loop = asyncio.get_running_loop()
         sigs = (signal.SIGINT, signal.SIGTERM)
         for sig in sigs:
@@ -183,10 +200,9 @@ class _Server(uvicorn.Server):
 
     def _stop(self, sig: int) -> None:
         log.info("stopping on %s", signal.Signals(sig).name)
-        for server in (self, *self.peers):
-            if server.should_exit and sig == signal.SIGINT:
-                server.force_exit = True
-            server.should_exit = True
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
 
 def _url(scheme: str, host: str, port: int) -> str:
@@ -194,81 +210,97 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://{shown}:{port}"
 
 
+def issuer_chain(ca: MeshCa) -> list[bytes]:
+    """The intermediates between a workload SVID and a root (none when a root issues)."""
+    inner = ca.ca
+    return [inner.cert_pem(), inner.chain_pem()] if inner.parents else []
+
+
+def api_config(
+    cp: ControlPlane,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    wall_clock: Callable[[], float] = time.time,
+) -> uvicorn.Config:
+    """The one HTTPS listener, loaded: operators (bearer tokens) and proxies (client SVIDs).
+
+    The TLS context asks for a client certificate but does not require one (operators have
+    none), verifies it against the mesh's roots (`attach_server_context` keeps that context
+    current across root changes, so it is the very object uvicorn serves with), and every
+    request's scope carries the verified SPIFFE ID (`control/tls_peer.py`).
+    """
+    from gossamer.control.api import create_app
+
+    serving = cp.ca.issue_control_plane_cert([host])
+    checker = PeerChecker(cp.ca.bundle, lambda: issuer_chain(cp.ca))
+    config = uvicorn.Config(
+        create_app(cp),
+        host=host,
+        port=port,
+        ssl_certfile=str(serving.cert_file),
+        ssl_keyfile=str(serving.key_file),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        http=protocol_class(checker, wall_clock),
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        loop="none",
+        # Long polls are cut short at shutdown rather than held for their full wait.
+        timeout_graceful_shutdown=1,
+    )
+    config.load()
+    assert config.ssl is not None
+    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    cp.ca.attach_server_context(config.ssl)
+    return config
+
+
 async def serve(
     listen: str,
     state_dir: str | Path,
     *,
-    internal_listen: str = "127.0.0.1:0",
     ready_file: str | Path | None = None,
     heartbeat_ttl: float = 3.0,
     log_level: str = "warning",
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    svid_ttl: dt.timedelta | None = None,
 ) -> None:
-    """Run the control plane until SIGTERM/SIGINT.
-
-    Two listeners: `listen` serves the operator API over HTTPS (a certificate from the mesh CA,
-    bearer tokens); `internal_listen` serves only the proxies' calls over plain HTTP, until the
-    proxies authenticate with their SVIDs over mTLS.
-    """
-    from gossamer.control.api import create_app
-
+    """Run the control plane until SIGTERM/SIGINT, on one HTTPS listener (see `api_config`)."""
     host, port = parse_listen(listen)
-    internal_host, internal_port = parse_listen(internal_listen)
     # The process edge: the registry and status report unix seconds, so the clock is the wall's.
-    cp = await ControlPlane.open(state_dir, heartbeat_ttl=heartbeat_ttl, clock=time.time)
+    cp = await ControlPlane.open(
+        state_dir,
+        heartbeat_ttl=heartbeat_ttl,
+        clock=time.time,
+        trust_domain=trust_domain,
+        svid_ttl=svid_ttl,
+    )
     try:
         await cp.start()
-        serving = cp.ca.issue_control_plane_cert([host])
-        common: dict[str, Any] = {
-            "log_level": log_level,
-            "access_log": False,
-            "lifespan": "off",
-            "loop": "none",
-            # Long polls are cut short at shutdown rather than held for their full wait.
-            "timeout_graceful_shutdown": 1,
-        }
-        operator = uvicorn.Config(
-            create_app(cp, listener="operator"),
-            host=host,
-            port=port,
-            ssl_certfile=str(serving.cert_file),
-            ssl_keyfile=str(serving.key_file),
-            **common,
-        )
-        internal = uvicorn.Config(
-            create_app(cp, listener="internal"), host=internal_host, port=internal_port, **common
-        )
-        bound: dict[str, str] = {}
+        config = api_config(cp, host, port, log_level=log_level)
 
-        def started(key: str, scheme: str) -> Callable[[str, int], None]:
-            def announce(bound_host: str, bound_port: int) -> None:
-                bound[key] = _url(scheme, bound_host, bound_port)
-                if len(bound) < 2:
-                    return
-                log.info(
-                    "control plane serving the operator API on %s and the proxies on %s "
-                    "(state in %s)",
-                    bound["api"],
-                    bound["internal"],
-                    state_dir,
+        def announce(bound_host: str, bound_port: int) -> None:
+            api = _url("https", bound_host, bound_port)
+            log.info(
+                "control plane serving operators and proxies on %s (trust domain %s, state in %s)",
+                api,
+                cp.ca.trust_domain,
+                state_dir,
+            )
+            if ready_file is not None:
+                write_ready_file(
+                    ready_file,
+                    {
+                        "api": api,
+                        "caBundle": str(cp.ca.bundle_path),
+                        "adminTokenFile": str(cp.admin_token_file),
+                        "trustDomain": cp.ca.trust_domain,
+                        "pid": os.getpid(),
+                    },
                 )
-                if ready_file is not None:
-                    write_ready_file(
-                        ready_file,
-                        {
-                            "api": bound["api"],
-                            "internal": bound["internal"],
-                            "caBundle": str(cp.ca.bundle_path),
-                            "adminTokenFile": str(cp.admin_token_file),
-                            "pid": os.getpid(),
-                        },
-                    )
 
-            return announce
-
-        main = _Server(operator, started("api", "https"))
-        proxies = _Server(internal, started("internal", "http"), signals=False)
-        main.peers = [proxies]
-        proxies.peers = [main]
-        await asyncio.gather(main.serve(), proxies.serve())
+        await _Server(config, announce).serve()
     finally:
         await cp.close()

@@ -84,6 +84,24 @@ class DataPlaneMetrics:
             "(allow, deny, audit; policy 'default' when no policy decided).",
             ("policy", "decision"),
         )
+        self.tls_handshakes: Counter = registry.counter(
+            "gossamer_proxy_tls_handshakes_total",
+            "Sidecar mTLS handshakes, by direction (inbound, outbound) and result ('ok', "
+            "'resumed', or why it failed: unknown-ca, expired, no-client-cert, bad-identity, "
+            "peer-not-allowed, no-svid, protocol, timeout, closed, other).",
+            ("direction", "result"),
+        )
+        self.inbound_connections_tls: Counter = registry.counter(
+            "gossamer_proxy_inbound_connections_by_tls_total",
+            "Inbound connections handed to HTTP, by transport (mtls, plaintext).",
+            ("tls",),
+        )
+        self.inbound_requests_by_peer: Counter = registry.counter(
+            "gossamer_proxy_inbound_requests_by_peer_total",
+            "Inbound requests on mTLS-capable listeners, by the peer's verified SPIFFE ID "
+            "('none' for plaintext).",
+            ("peer",),
+        )
 
 
 class ListenerStats:

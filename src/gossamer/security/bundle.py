@@ -180,6 +180,29 @@ def remaining(cert: x509.Certificate, now: dt.datetime) -> dt.timedelta:
     return cert.not_valid_after_utc - now
 
 
+def past_half_life(not_after: dt.datetime, lifetime: dt.timedelta, now: dt.datetime) -> bool:
+    """Whether a certificate issued for `lifetime` and expiring at `not_after` has less than half
+    of it left at `now`: a proxy renews its SVID at half-life, so one past it is overdue."""
+    return not_after - now < lifetime / 2
+
+
+def describe_remaining(left: dt.timedelta) -> str:
+    """`remaining(...)` for people: "12d 4h", "3h 20m", "45s", or "expired 2d 1h ago"."""
+    seconds = int(left.total_seconds())
+    if seconds < 0:
+        return f"expired {describe_remaining(-left)} ago"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
 def _check_times(cert: x509.Certificate, now: dt.datetime) -> None:
     who = _describe(cert)
     if now < cert.not_valid_before_utc:

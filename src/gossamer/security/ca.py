@@ -152,6 +152,7 @@ class CertificateAuthority:
         chain_pem: bytes | str = b"",
         trust_domain: str | None = None,
         now: dt.datetime | None = None,
+        check_times: bool = True,
     ) -> CertificateAuthority:
         """Load a CA from PEM: a generated one, or an operator's own root or intermediate.
 
@@ -160,6 +161,9 @@ class CertificateAuthority:
             key_pem: its private key (unencrypted PKCS#8 or traditional PEM).
             chain_pem: for an intermediate, its issuers nearest first, ending with the root.
             trust_domain: taken from the certificate's `spiffe://<td>` URI SAN when left out.
+            check_times: False loads a CA that is expired or not yet valid (with a warning
+                instead of an error), so that a control plane whose CA expired still starts and
+                can report it; `sign_csr` refuses to sign with it all the same.
         Raises:
             CaError: the certificate is not a CA, the key does not match, the chain does not link
                 up to a self-signed root, something is expired or not yet valid, or the key is weak.
@@ -189,7 +193,13 @@ class CertificateAuthority:
             limit = c.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
             if limit is not None and limit < below:
                 raise CaError(f"{_subject(c)} has pathlen {limit} but {below} CAs sit below it")
-            _check_valid_at(c, now)
+            try:
+                _check_valid_at(c, now)
+            except CaError as exc:
+                if check_times:
+                    raise
+                warnings.append(str(exc))
+                continue
             left = c.not_valid_after_utc - now
             if left <= EXPIRY_WARNING:
                 warnings.append(
@@ -224,6 +234,51 @@ class CertificateAuthority:
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
+        )
+
+    def issue_server_cert(
+        self,
+        public_key: LeafKey,
+        spiffe_id: SpiffeId,
+        names: list[x509.GeneralName],
+        *,
+        validity: dt.timedelta,
+        now: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """A serving certificate for the mesh's own services (the control plane's API).
+
+        Unlike a workload SVID (`sign_csr`, which refuses DNS and IP names), it carries
+        `spiffe_id` and also the DNS/IP `names`, so ordinary HTTPS clients can verify it by host
+        name; its EKU is serverAuth only. It never outlives any CA above it.
+
+        Raises:
+            CaError: this CA is expired or not yet valid at `now`.
+        """
+        now = now or utcnow()
+        chain = (self.cert, *self.parents)
+        for c in chain:
+            _check_valid_at(c, now)
+        not_after = min([now + validity, *(c.not_valid_after_utc for c in chain)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gossamer control plane")])
+            )
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(secrets.randbits(128) or 1)
+            .not_valid_before(max(now - CLOCK_SKEW, self.cert.not_valid_before_utc))
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id)), *names]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(_aki(self.cert), critical=False)
+            .sign(self._key, _signing_hash(self._key))
         )
 
     def sign_csr(
@@ -515,16 +570,29 @@ def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-def _trust_domain_of(cert: x509.Certificate) -> str:
+def trust_domain_of(cert: x509.Certificate) -> str | None:
+    """The trust domain a CA certificate names in a `spiffe://<td>` URI SAN, None if none."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         san = None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
         try:
             return SpiffeId.parse(uri).trust_domain
         except SpiffeIdError:
             continue
+    return None
+
+
+def subject_of(cert: x509.Certificate) -> str:
+    """A certificate's subject as RFC 4514 text, for messages."""
+    return _subject(cert)
+
+
+def _trust_domain_of(cert: x509.Certificate) -> str:
+    td = trust_domain_of(cert)
+    if td is not None:
+        return td
     raise CaError(
         f"{_subject(cert)} has no spiffe://<trust-domain> URI SAN: give the trust domain explicitly"
     )

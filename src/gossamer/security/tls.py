@@ -47,22 +47,27 @@ def write_svid(state_dir: Path, cert_chain_pem: bytes, key_pem: bytes) -> SvidFi
     return files
 
 
-def server_context(svid: SvidFiles, bundle: TrustBundle) -> ssl.SSLContext:
+def server_context(
+    svid: SvidFiles, bundle: TrustBundle, *, context_type: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
     """An inbound (server) context: TLS 1.3 only, presents `svid`, requires a client SVID.
 
     The client's chain is verified against `bundle`; its SPIFFE ID is checked after the handshake
-    (`peer_spiffe_id` / `check_peer`), since SPIFFE IDs are not host names.
+    (`peer_spiffe_id` / `check_peer`), since SPIFFE IDs are not host names. `context_type` is an
+    `ssl.SSLContext` subclass to build instead (the proxy's resuming client context).
 
     Raises:
         TlsConfigError: the bundle is empty, or the SVID files cannot be loaded.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = context_type(ssl.PROTOCOL_TLS_SERVER)
     _common(ctx, svid, bundle)
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-def client_context(svid: SvidFiles, bundle: TrustBundle) -> ssl.SSLContext:
+def client_context(
+    svid: SvidFiles, bundle: TrustBundle, *, context_type: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
     """An outbound (client) context: TLS 1.3 only, presents `svid`, verifies the server's chain.
 
     Host names are not checked (`check_hostname` is off): call `check_peer` with the identities the
@@ -71,7 +76,7 @@ def client_context(svid: SvidFiles, bundle: TrustBundle) -> ssl.SSLContext:
     Raises:
         TlsConfigError: the bundle is empty, or the SVID files cannot be loaded.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = context_type(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     _common(ctx, svid, bundle)
