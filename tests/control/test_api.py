@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_peers import ActAsProxy
 
 from gossamer import snapshot as snap
 from gossamer.config.models import Resource
@@ -71,7 +72,7 @@ async def start(state_dir: Path, translate: Any = None) -> tuple[ControlPlane, h
     cp = await ControlPlane.open(state_dir, clock=clock, translate=translate, debounce=0.01)
     await cp.start()
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(cp)),
+        transport=httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp)),
         base_url="http://cp",
         headers=admin_headers(cp),
     )

@@ -12,11 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from api_peers import ActAsProxy
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gossamer.control.api import create_app
-from gossamer.control.ca_service import KEY_FILE, ROOT_KEY
+from gossamer.control.ca_service import KEY_FILE
 from gossamer.control.operators import TOKENS_PREFIX
 from gossamer.control.server import ControlPlane
 from gossamer.security.csr import generate_key, make_csr
@@ -78,7 +79,7 @@ async def open_cp(state: Path, clock: FakeClock) -> ControlPlane:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     clock = FakeClock()
     cp = await open_cp(tmp_path, clock)
-    transport = httpx.ASGITransport(app=create_app(cp))
+    transport = httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp))
     async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
         yield Rig(cp, client, clock)
     await cp.close()
@@ -149,7 +150,9 @@ async def test_public_calls_need_no_token(rig: Rig) -> None:
     assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     # SVID issuance checks its own bootstrap token, not an operator's.
     resp = await rig.call("POST", "/v1/svid", body={"csr": "x"})
-    assert "bootstrap token is required" in error_of(resp, 401, "unauthenticated")
+    assert "a bootstrap token (first SVID) or the current SVID" in error_of(
+        resp, 401, "unauthenticated"
+    )
 
 
 async def test_roles_and_tokens_are_validated(rig: Rig) -> None:
@@ -285,34 +288,41 @@ async def test_operator_token_is_not_a_bootstrap_token(rig: Rig) -> None:
     assert "not a bootstrap token" in error_of(resp, 401, "unauthenticated")
 
 
-async def test_internal_listener_serves_only_the_proxies(tmp_path: Path) -> None:
+async def test_proxy_calls_need_an_svid_never_a_token(tmp_path: Path) -> None:
+    """Without a client SVID every proxy call is 401, whatever bearer token comes with it;
+    operators may still read the snapshot built for a proxy."""
     cp = await open_cp(tmp_path, FakeClock())
-    transport = httpx.ASGITransport(app=create_app(cp, listener="internal"))
+    transport = httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp))
+    admin = {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
             reg = {"service": "a", "inbound": "127.0.0.1:1", "ready": True}
             assert (await client.post("/v1/proxies/p/register", json=reg)).status_code == 200
-            assert (await client.post("/v1/proxies/p/heartbeat", json={})).status_code == 200
-            assert (await client.get("/v1/proxies/p/snapshot")).status_code == 200
-            admin = {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
-            for method, path in [
-                ("GET", "/healthz"),
-                ("POST", "/v1/apply"),
-                ("GET", "/v1/proxies"),
-                ("GET", "/v1/tokens"),
-                ("POST", "/v1/svid"),
-                ("GET", "/v1/ca/bundle"),
+            no_cert = {**admin, "x-test-peer": ""}
+            for method, path, body in [
+                ("POST", "/v1/proxies/p/register", reg),
+                ("POST", "/v1/proxies/p/heartbeat", {}),
+                ("POST", "/v1/proxies/p/ack", {"version": "v", "status": "ACK"}),
+                ("DELETE", "/v1/proxies/p", None),
+                ("GET", "/v1/proxies/p/snapshot", None),
             ]:
-                resp = await client.request(method, path, headers=admin)
-                assert "served over HTTPS" in error_of(resp, 404, "not_found")
-            assert (await client.delete("/v1/proxies/p")).status_code == 200
+                headers = no_cert if method != "GET" else {"x-test-peer": ""}
+                resp = await client.request(method, path, headers=headers, json=body)
+                message = error_of(resp, 401, "unauthenticated")
+                assert "needs the proxy's SVID as a TLS client certificate" in message
+            operator = await client.get("/v1/proxies/p/snapshot", headers=no_cert)
+            assert operator.status_code == 200
+            assert cp.registry.get("p") is not None  # nothing was deregistered
     finally:
         await cp.close()
 
 
 async def test_store_holds_the_root_and_token_hashes_only(rig: Rig) -> None:
     dump = await rig.store_dump()
-    assert dump[ROOT_KEY].startswith(b"-----BEGIN CERTIFICATE-----")
+    # Where the CA keeps its root(s) is ca_service's business: some /ca/ key holds the cert.
+    ca = [v for k, v in dump.items() if k.startswith("/ca/")]
+    assert any(b"-----BEGIN CERTIFICATE-----" in v for v in ca)
+    assert not any(b"PRIVATE KEY" in v for v in dump.values())
     tokens = [k for k in dump if k.startswith(TOKENS_PREFIX)]
     assert len(tokens) == 1
     assert b'"hash"' in dump[tokens[0]]

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_peers import ActAsProxy
 
 from gossamer.control.api import create_app
 from gossamer.control.server import ControlPlane
@@ -36,7 +37,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     cp = await ControlPlane.open(tmp_path, clock=FakeClock(), debounce=0.01)
     await cp.start()
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(cp)),
+        transport=httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp)),
         base_url="http://cp",
         headers=admin_headers(cp),
     ) as c:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_peers import ActAsProxy
 
 from gossamer.control.api import MAX_APPLY_RESOURCES, MAX_DETAILS, create_app
 from gossamer.control.server import ControlPlane
@@ -51,7 +52,7 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     cp = await ControlPlane.open(tmp_path, clock=FakeClock(), debounce=0.01)
     await cp.start()
-    app = create_app(cp, max_body_bytes=64 * 1024)
+    app = ActAsProxy(create_app(cp, max_body_bytes=64 * 1024), cp)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://cp", headers=admin_headers(cp)
     ) as c:
@@ -89,7 +90,7 @@ async def test_too_many_resources(tmp_path: Path) -> None:
     await cp.start()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(cp)),
+            transport=httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp)),
             base_url="http://cp",
             headers=admin_headers(cp),
         ) as c:
@@ -156,7 +157,7 @@ async def test_apply_validates_off_the_event_loop(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(cp)),
+            transport=httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp)),
             base_url="http://cp",
             headers=admin_headers(cp),
             timeout=60,

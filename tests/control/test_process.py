@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,44 @@ from typing import Any
 import pytest
 
 from gossamer.control.client import ApiError, ControlPlaneClient, Credentials
+from gossamer.security.csr import generate_key, make_csr, private_key_pem
+from gossamer.security.spiffe import SpiffeId
 
 pytestmark = pytest.mark.integration
 
 API = "gossamer.dev/v1alpha1"
+
+
+def proxy_svid(client: ControlPlaneClient, account: str, where: Path) -> tuple[Path, Path]:
+    """A proxy's SVID for `account` (bootstrap token, CSR), as files for a TLS client."""
+    token = client.create_bootstrap_token(account)["token"]
+    key = generate_key()
+    csr = make_csr(key, SpiffeId.workload("gossamer.local", "default", account)).decode()
+    answer = client.request("POST", "/v1/svid", body={"csr": csr, "token": token})
+    where.mkdir(parents=True, exist_ok=True)
+    cert, key_file = where / "svid.pem", where / "svid-key.pem"
+    cert.write_text(answer["chain"])
+    key_file.write_bytes(private_key_pem(key))
+    key_file.chmod(0o600)
+    return cert, key_file
+
+
+def proxy_call(
+    api: str, bundle: Path, svid: tuple[Path, Path], path: str, body: Any
+) -> dict[str, Any]:
+    """POST one proxy call over mTLS."""
+    ctx = ssl.create_default_context(cafile=str(bundle))
+    ctx.load_cert_chain(*svid)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+    )
+    req = urllib.request.Request(
+        api + path, data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    with opener.open(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
 
 
 def wait_ready(
@@ -71,7 +107,7 @@ class Runner:
         info = wait_ready(proc, self.ready)
         assert info["pid"] == proc.pid
         assert info["api"].startswith("https://127.0.0.1:")
-        assert info["internal"].startswith("http://127.0.0.1:")
+        assert "internal" not in info  # one listener: proxies use `api` with their SVIDs
         self.info = info
         creds = Credentials.from_state_dir(self.state)
         return proc, ControlPlaneClient(info["api"], timeout=5, credentials=creds)
@@ -107,10 +143,13 @@ def test_apply_kill_restart_state_intact(runner: Runner) -> None:
     )
     assert [r["action"] for r in result["results"]] == ["created", "created"]
     assert result["revision"] == before + 1
-    client.request(
-        "POST",
+    svid = proxy_svid(client, "pricing", runner.state.parent / "pricing-svid")
+    proxy_call(
+        runner.info["api"],
+        runner.state / "ca-bundle.pem",
+        svid,
         "/v1/proxies/pricing-0/register",
-        body={"service": "pricing", "inbound": "127.0.0.1:4100", "appPort": 8080, "ready": True},
+        {"service": "pricing", "inbound": "127.0.0.1:4100", "appPort": 8080, "ready": True},
     )
     with pytest.raises(ApiError) as caught:
         client.apply([{"apiVersion": API, "kind": "HTTPRoute", "metadata": {"name": "x"},
@@ -148,21 +187,25 @@ def test_apply_kill_restart_state_intact(runner: Runner) -> None:
 def test_sigint_stops_cleanly_during_long_poll(runner: Runner) -> None:
     """A stop does not wait for long polls to run out."""
     proc, client = runner.start()
-    client.request(
-        "POST",
+    svid = proxy_svid(client, "a", runner.state.parent / "a-svid")
+    bundle = runner.state / "ca-bundle.pem"
+    proxy_call(
+        runner.info["api"],
+        bundle,
+        svid,
         "/v1/proxies/p-0/register",
-        body={"service": "a", "inbound": "127.0.0.1:4100", "ready": True},
+        {"service": "a", "inbound": "127.0.0.1:4100", "ready": True},
     )
     version = client.proxy_snapshot("p-0")["version"]
     poller = subprocess.Popen(
         [
-            sys.executable,
-            "-c",
-            "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=60).read()",
-            f"{runner.info['internal']}/v1/proxies/p-0/snapshot?version={version}&wait=60",
+            "curl", "-sS", "--noproxy", "*", "--max-time", "60",
+            "--cacert", str(bundle), "--cert", str(svid[0]), "--key", str(svid[1]),
+            f"{runner.info['api']}/v1/proxies/p-0/snapshot?version={version}&wait=60",
         ],
         stderr=subprocess.DEVNULL,
-    )
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         # The poll is in flight once the proxy shows as in contact with no new version sent.
         end = time.monotonic() + 10

@@ -71,8 +71,8 @@ class Mesh:
             )
         return proc
 
-    def up(self) -> None:
-        self.run("up", "-d", str(self.file), timeout=120)
+    def up(self, *flags: str) -> None:
+        self.run("up", "-d", str(self.file), *flags, timeout=120)
 
     def down(self) -> None:
         self.run("down", check=False, timeout=60)

@@ -138,9 +138,9 @@ def outbound_of(mesh: Mesh, service: str = "frontend") -> str:
 
 def test_status_json_has_the_documented_shape(mesh: Mesh) -> None:
     status = mesh.status()
-    # The operator API is HTTPS; the proxies use the plain internal listener until mTLS.
+    # One HTTPS listener: operators with tokens, proxies with their SVIDs (mTLS).
     assert status["controlPlane"].startswith("https://127.0.0.1:")
-    assert status["controlPlaneInternal"].startswith("http://127.0.0.1:")
+    assert status["controlPlaneInternal"] == status["controlPlane"]
     assert Path(status["caBundle"]).is_file()
     assert set(status["published"]) == {"frontend"}
     assert status["published"]["frontend"].startswith("http://127.0.0.1:")

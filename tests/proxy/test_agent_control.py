@@ -248,13 +248,16 @@ async def test_http_request_errors_name_the_target() -> None:
 
 
 def test_parse_base_url() -> None:
-    """Only http:// URLs with a host are accepted."""
-    assert parse_base_url("http://127.0.0.1:7000") == ("127.0.0.1", 7000, "")
+    """https:// URLs with a host; http:// only where plaintext is allowed (in-process fakes)."""
+    assert parse_base_url("https://127.0.0.1:7000") == ("127.0.0.1", 7000, "")
+    assert parse_base_url("https://cp/prefix/") == ("cp", 443, "/prefix")
     assert parse_base_url("http://cp/prefix/") == ("cp", 80, "/prefix")
-    with pytest.raises(ValueError, match="must start with http://"):
-        parse_base_url("https://cp")
+    with pytest.raises(ValueError, match="must start with https://"):
+        parse_base_url("http://cp", plaintext=False)
+    with pytest.raises(ValueError, match="must start with https://"):
+        parse_base_url("ftp://cp")
     with pytest.raises(ValueError, match="no host"):
-        parse_base_url("http://:80")
+        parse_base_url("https://:80")
 
 
 def test_backoff_is_jittered_and_capped() -> None:

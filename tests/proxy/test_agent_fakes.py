@@ -13,6 +13,7 @@ import msgspec
 
 from gossamer import snapshot as snapshot_mod
 from gossamer.proxy.dataplane import BoundAddresses
+from gossamer.security.tls import SvidFiles
 from gossamer.snapshot import Cluster, ProxyIdentity, Snapshot
 
 DEADLINE = 5.0
@@ -38,6 +39,7 @@ class FakeDataPlane:
         self.applied: list[Snapshot] = []
         self.drained: float | None = None
         self.started = False
+        self.svids: list[SvidFiles | None] = []
 
     async def start(self) -> BoundAddresses:
         self.started = True
@@ -50,6 +52,9 @@ class FakeDataPlane:
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
         self.drained = timeout
+
+    def set_svid(self, files: SvidFiles | None) -> None:
+        self.svids.append(files)
 
 
 class FakeControlPlane:

@@ -1,7 +1,9 @@
 """End to end: an AuthorizationPolicy applied through the operator API is enforced by the sidecar.
 
 Real processes (`gossamer up -d` with one shop service), the operator API over HTTPS with the
-admin token (tests/integration/meshlib.py), and plain HTTP to the replica's inbound listener.
+admin token (tests/integration/meshlib.py). Requests enter through the service's published port, so
+its front-door sidecar calls the replica's sidecar over mutual TLS as any client in the mesh would;
+the policy is checked there, on the inbound side.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ spec:
   command: [{sys.executable}, {SHOP / "services" / "catalog.py"}]
   workingDir: {SHOP}
   readinessProbe: {{path: /healthz}}
+  publish: 0
 """
     )
     m = Mesh(root, file)
@@ -56,8 +59,8 @@ spec:
 
 
 def test_an_applied_deny_policy_is_enforced_by_the_inbound_sidecar(mesh: Mesh) -> None:
-    inbound = mesh.replicas("catalog")[0]["inbound"]
-    assert get(inbound, "/products/1")[0] == 200
+    inbound = mesh.status()["published"]["catalog"].removeprefix("http://")
+    wait_for("the published port to serve", lambda: get(inbound, "/products/1")[0] == 200, 30)
     policy = {
         "apiVersion": "gossamer.dev/v1alpha1",
         "kind": "AuthorizationPolicy",
@@ -78,3 +81,11 @@ def test_an_applied_deny_policy_is_enforced_by_the_inbound_sidecar(mesh: Mesh) -
     doc = json.loads(body)
     assert doc["policy"] == "default/no-single-product"
     assert get(inbound, "/products")[0] == 200
+
+
+def test_plaintext_straight_to_a_strict_inbound_never_reaches_the_app(mesh: Mesh) -> None:
+    inbound = mesh.replicas("catalog")[0]["inbound"]
+    status, headers, body = get(inbound, "/products")
+    assert status == 400
+    assert headers["x-gossamer-flags"] == "mtls-required"
+    assert b"mutual TLS" in body

@@ -18,12 +18,15 @@ from typing import Any
 
 import msgspec
 import pytest
-from test_agent_fakes import FakeControlPlane, make_snapshot
+from test_agent_fakes import make_snapshot
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "control"))
+from api_peers import live_control_plane
 
 from gossamer import snapshot as snapshot_mod
+from gossamer.cli.proxy import BOOTSTRAP_TOKEN_ENV
 from gossamer.proxy.agent import http_request
 from gossamer.proxy.cache import SnapshotCache
-from gossamer.snapshot import Cluster
 
 DEADLINE = 15.0
 PROXY = "web-0"
@@ -171,7 +174,7 @@ def test_bad_flags_are_usage_errors() -> None:
     proc = start_proxy("--service", "web", "--proxy-id", PROXY, "--control-plane", "ftp://cp")
     _, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 2
-    assert "--control-plane: control plane URL 'ftp://cp' must start with http://" in err.decode()
+    assert "--control-plane: control plane URL 'ftp://cp' must start with https://" in err.decode()
     proc = start_proxy("--service", "web", "--proxy-id", PROXY, "--snapshot", "x", "--label", "x")
     _, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 2
@@ -216,8 +219,17 @@ async def wait_ready_file_async(proc: asyncio.subprocess.Process, path: Path) ->
     return doc
 
 
-async def start_proxy_async(*args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+def _sync(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def run() -> bool:
+        return check()
+
+    return run
+
+
+async def start_proxy_async(
+    *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | (env or {})
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gossamer.cli.main", "proxy", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
@@ -241,50 +253,49 @@ async def admin_get(admin: str, path: str) -> tuple[int, bytes]:
 @pytest.mark.integration
 @needs_dataplane
 async def test_real_proxy_with_control_plane_then_from_cache(tmp_path: Path) -> None:
-    """The real process registers, ACKs a snapshot, NACKs one the data plane refuses (keeping the
-    old), deregisters on SIGTERM; restarted with the control plane gone it runs from its cache."""
-    good = make_snapshot(PROXY)
-    dup = Cluster(name="pricing.default", service="pricing")
-    bad = snapshot_mod.seal(msgspec.structs.replace(good, clusters=[dup, dup], version=""))
-    cp = FakeControlPlane()
-    await cp.set_snapshot(snapshot_mod.encode(good), good.version)
-    await cp.start()
+    """The real process against the real control plane: its SVID from the bootstrap token in its
+    environment, registration and ACK over mTLS, deregistration on SIGTERM; restarted with the
+    control plane gone (no token: the stored SVID) it runs from its cached snapshot."""
     state = tmp_path / "state"
     ready_file = tmp_path / "ready.json"
-    proc = await start_proxy_async(
-        "--service", "web", "--proxy-id", PROXY, "--control-plane", cp.url,
-        "--state-dir", str(state), "--ready-file", str(ready_file), "--drain-timeout", "1",
-    )  # fmt: skip
-    try:
-        doc = await wait_ready_file_async(proc, ready_file)
-        await cp.wait_for(lambda: any(a["version"] == good.version for a in cp.acks), "ack")
-        assert cp.registrations[0][1]["inbound"] == doc["inbound"]
-        assert cp.registrations[0][1]["admin"] == doc["admin"]
-        assert cp.acks[0]["status"] == "ACK"
+    async with live_control_plane(tmp_path / "cp") as live:
+        url = live.url
+        flags = (
+            "--service", "web", "--proxy-id", PROXY, "--control-plane", url,
+            "--ca-bundle", str(live.cp.ca.bundle_path),
+            "--state-dir", str(state), "--ready-file", str(ready_file), "--drain-timeout", "1",
+        )  # fmt: skip
+        token = await live.bootstrap_token("web")
+        proc = await start_proxy_async(*flags, env={BOOTSTRAP_TOKEN_ENV: token})
+        try:
+            doc = await wait_ready_file_async(proc, ready_file)
 
-        await cp.set_snapshot(snapshot_mod.encode(bad), bad.version)
-        await cp.wait_for(lambda: any(a["version"] == bad.version for a in cp.acks), "nack")
-        nack = next(a for a in cp.acks if a["version"] == bad.version)
-        assert nack["status"] == "NACK"
-        assert nack["error"] == "cluster 'pricing.default' appears twice"
-        status, body = await admin_get(doc["admin"], "/config")
-        config = msgspec.json.decode(body)
-        assert (status, config["version"], config["status"]) == (200, good.version, "NACK")
-        assert await admin_get(doc["admin"], "/ready") == (200, b"ready\n")
-    finally:
-        code, err = await sigterm(proc)
-        await cp.stop()
-    assert code == 0, err
-    assert "Traceback" not in err
-    assert cp.deregistered == [PROXY]
-    assert SnapshotCache(state).load() == good
+            def acked() -> bool:
+                return any(
+                    reg.proxy_id == PROXY and state_ == "ACK"
+                    for reg, _, state_ in live.cp.distributor.statuses()
+                )
+
+            await eventually(_sync(acked), "an ACK over mTLS")
+            reg = live.cp.registry.get(PROXY)
+            assert reg is not None
+            assert reg.inbound == doc["inbound"]
+            assert reg.identity == "spiffe://gossamer.local/ns/default/sa/web"
+            assert await admin_get(doc["admin"], "/ready") == (200, b"ready\n")
+            config = msgspec.json.decode((await admin_get(doc["admin"], "/config"))[1])
+            assert config["svid"]["spiffeId"] == reg.identity
+        finally:
+            code, err = await sigterm(proc)
+        assert code == 0, err
+        assert "Traceback" not in err
+        assert token.split(".", 1)[1] not in err
+        await eventually(_sync(lambda: live.cp.registry.get(PROXY) is None), "deregistered")
+        good = SnapshotCache(state).load()
+        assert good is not None
 
     # Static stability: the control plane is gone; the cached snapshot is used after the deadline.
     ready_file.unlink()
-    proc = await start_proxy_async(
-        "--service", "web", "--proxy-id", PROXY, "--control-plane", cp.url,
-        "--state-dir", str(state), "--ready-file", str(ready_file), "--drain-timeout", "1",
-    )  # fmt: skip
+    proc = await start_proxy_async(*flags)
     try:
         doc = await wait_ready_file_async(proc, ready_file)
         admin = doc["admin"]
@@ -295,10 +306,11 @@ async def test_real_proxy_with_control_plane_then_from_cache(tmp_path: Path) -> 
         await eventually(ready, "/ready 200 from the cached snapshot")
         config = msgspec.json.decode((await admin_get(doc["admin"], "/config"))[1])
         assert (config["version"], config["source"]) == (good.version, "cache")
-        assert config["controlPlane"] == {"url": cp.url, "connected": False}
+        assert config["controlPlane"] == {"url": url, "connected": False}
     finally:
         code, err = await sigterm(proc)
     assert code == 0, err
     assert "Traceback" not in err
+    assert "using the stored SVID" in err
     assert "control plane unreachable" in err
     assert err.count("control plane unreachable") == 1  # one line per outage, not per retry

@@ -79,9 +79,10 @@ def make_supervisor(
             stop_timeout=opts.pop("stop_timeout", 5.0),
         )
         converge = opts.pop("converge", None)
+        mint = opts.pop("mint", None)
         for key, value in opts.items():  # e.g. restart_delay
             setattr(options, key, value)
-        sup = Supervisor(plan_from(yaml, tmp_path), options, LogMux(out), apply, converge)
+        sup = Supervisor(plan_from(yaml, tmp_path), options, LogMux(out), apply, converge, mint)
         made.append(sup)
         return sup, out, applied
 

@@ -59,6 +59,8 @@ def main() -> int:
     p.add_argument("--state-dir")
     if cmd == "control-plane":
         p.add_argument("--listen")
+        p.add_argument("--trust-domain")
+        p.add_argument("--svid-ttl")
         args = p.parse_args(sys.argv[2:])
 
         class Api(BaseHTTPRequestHandler):
@@ -78,10 +80,17 @@ def main() -> int:
         except OSError as exc:
             print(f"{name}: cannot serve on {args.listen}: {exc.strerror}", flush=True)
             return 1
-        ready = {"api": f"http://{addr(server)}", "pid": os.getpid()}
+        ready = {
+            "api": f"http://{addr(server)}",
+            "caBundle": "/fake/ca-bundle.pem",
+            "pid": os.getpid(),
+        }
+        event(f"args {name} {json.dumps(sys.argv[2:])}")
     else:
         for flag in ("--service", "--namespace", "--proxy-id", "--control-plane", "--subset"):
             p.add_argument(flag)
+        p.add_argument("--ca-bundle")
+        p.add_argument("--service-account")
         p.add_argument("--app-port", type=int)
         p.add_argument("--label", action="append", default=[])
         p.add_argument("--readiness-path")
@@ -133,6 +142,7 @@ def main() -> int:
             "pid": os.getpid(),
         }
         event(f"args {name} {json.dumps(sys.argv[2:])}")
+        event(f"token {name} {os.environ.get('GOSSAMER_BOOTSTRAP_TOKEN', '')}")
         threading.Thread(
             target=lambda: (quit_event.wait(), os.kill(os.getpid(), signal.SIGTERM)), daemon=True
         ).start()

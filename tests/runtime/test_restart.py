@@ -187,3 +187,57 @@ def test_nothing_restarts_during_shutdown(make_supervisor, events) -> None:
     for name in ("control-plane", "web-0.proxy", "web-publish"):
         assert len(starts(events, name)) == 1
     assert len(starts(events, "web-0")) == 1
+
+
+IDENTITY_MESH = f"""
+apiVersion: gossamer.dev/v1alpha1
+kind: Mesh
+metadata: {{name: m}}
+spec: {{trustDomain: shop.test}}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: Service
+metadata: {{name: web}}
+spec:
+  command: {FAKE_APP}
+  serviceAccount: webby
+  publish: 0
+"""
+
+
+def tokens_of(events, name: str) -> list[str]:
+    return [
+        line.split(" ", 3)[3] if len(line.split(" ", 3)) > 3 else ""
+        for line in _raw(events)
+        if line.split(" ")[1:3] == ["token", name]
+    ]
+
+
+def test_every_proxy_start_gets_a_fresh_bootstrap_token(make_supervisor, events) -> None:
+    """The Mesh's trust domain goes to the control plane; each sidecar and front door gets its
+    own token (for its Service's account) and --ca-bundle, and a new token at every restart."""
+    minted: list[tuple[str, str, str]] = []
+
+    def mint(api: str, namespace: str, account: str) -> str:
+        minted.append((api, namespace, account))
+        return f"gsb_token{len(minted)}"
+
+    sup, _, _ = make_supervisor(IDENTITY_MESH, mint=mint, restart_delay=0.05)
+    sup.start()
+    cp_args = events.data("args", "control-plane")
+    assert cp_args[cp_args.index("--trust-domain") + 1] == "shop.test"
+    assert minted == [(sup.api, "default", "webby"), (sup.api, "default", "webby")]
+    assert tokens_of(events, "web-0.proxy") == ["gsb_token1"]
+    assert tokens_of(events, "web-publish") == ["gsb_token2"]
+    for name in ("web-0.proxy", "web-publish"):
+        args = events.data("args", name)
+        assert args[args.index("--ca-bundle") + 1] == "/fake/ca-bundle.pem"
+        assert args[args.index("--service-account") + 1] == "webby"
+        assert args[args.index("--control-plane") + 1] == sup.api
+    assert sup.status()["controlPlaneInternal"] == sup.api
+
+    kill(sup.status()["services"]["web"][0]["proxyPid"])
+    until("the sidecar restarted", lambda: len(tokens_of(events, "web-0.proxy")) == 2)
+    assert tokens_of(events, "web-0.proxy") == ["gsb_token1", "gsb_token3"]
+    # Workloads never see a token.
+    assert "GOSSAMER_BOOTSTRAP_TOKEN" not in last_env(events, "web-0")

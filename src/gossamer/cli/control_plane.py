@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _svid_ttl(text: str) -> dt.timedelta:
+def parse_svid_ttl(text: str) -> dt.timedelta:
     from gossamer.config.models import parse_duration
 
     try:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         parse_listen(args.listen)
     except ValueError as exc:
         raise CommandError(str(exc), code=2) from None
-    svid_ttl = _svid_ttl(args.svid_ttl)
+    svid_ttl = parse_svid_ttl(args.svid_ttl)
     try:
         validate_trust_domain(args.trust_domain)
     except SpiffeIdError as exc:

@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("up", ("up", "down", "status")),
     ("resources", ("apply", "get", "delete", "proxy-config", "proxy-status")),
     ("tokens", ("token",)),
+    ("ca", ("ca",)),
+    ("check", ("check",)),
     ("validate", ("validate",)),
     ("control_plane", ("control-plane",)),
     ("proxy", ("proxy",)),

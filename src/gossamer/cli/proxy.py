@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# Kept here rather than imported from gossamer.proxy.identity, which loads cryptography.
+BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
 
 
 def _address(text: str) -> str:
@@ -65,9 +69,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--zone", help="locality of this replica")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--control-plane", metavar="URL", help="e.g. http://127.0.0.1:7000")
+    source.add_argument(
+        "--control-plane",
+        metavar="URL",
+        help="e.g. https://127.0.0.1:7000 (mTLS with the proxy's SVID; needs --ca-bundle)",
+    )
     source.add_argument(
         "--snapshot", type=Path, metavar="FILE", help="run a static Snapshot JSON, no control plane"
+    )
+    p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="FILE",
+        help="the mesh's root certificates (PEM), trusted for the first contact with the control "
+        "plane; the bootstrap token comes from $GOSSAMER_BOOTSTRAP_TOKEN",
+    )
+    p.add_argument(
+        "--service-account",
+        help="the service account of this workload's identity (default: the service)",
     )
     p.add_argument("--inbound", type=_address, default="127.0.0.1:0")
     p.add_argument("--outbound", type=_address, default="127.0.0.1:0")
@@ -75,7 +94,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--readiness-path", type=_readiness_path, help="app path probed with GET every second"
     )
-    p.add_argument("--state-dir", type=Path, help="keeps last-snapshot.json (static stability)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keeps last-snapshot.json (static stability) and the SVID (svid.pem, svid-key.pem "
+        "0600); default: a private temp dir removed at exit",
+    )
     p.add_argument("--ready-file", type=Path, help="JSON with the bound addresses, once bound")
     p.add_argument("--max-header-bytes", type=_positive_int, default=65536)
     p.add_argument("--header-timeout", type=_seconds, default=10.0)
@@ -92,11 +116,19 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.control_plane is not None:
         try:
-            parse_base_url(args.control_plane)
+            # The control plane serves only HTTPS; proxies reach it with mTLS.
+            parse_base_url(args.control_plane, plaintext=False)
         except ValueError as exc:
             # Printed here rather than raised as CommandError: under `python -m gossamer.cli.main`
             # that class exists twice (__main__ and gossamer.cli.main) and would not be caught.
             print(f"gossamer proxy: --control-plane: {exc}", file=sys.stderr)
+            return 2
+        if args.ca_bundle is None:
+            print(
+                "gossamer proxy: --control-plane needs --ca-bundle FILE (the mesh's "
+                "ca-bundle.pem, in the control plane's state dir)",
+                file=sys.stderr,
+            )
             return 2
     options = ProxyOptions(
         service=args.service,
@@ -118,5 +150,9 @@ def _run(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         default_host=args.default_host,
         drain_timeout=args.drain_timeout,
+        ca_bundle=args.ca_bundle,
+        service_account=args.service_account,
+        # Never a flag (flags show in `ps`); the variable is not passed on to anything.
+        bootstrap_token=os.environ.pop(BOOTSTRAP_TOKEN_ENV, None) or None,
     )
     return run(options)

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for everything to be ready (default {DEFAULT_TIMEOUT:g})",
     )
+    up.add_argument(
+        "--svid-ttl",
+        metavar="DURATION",
+        help="lifetime of the sidecars' SVIDs, passed to the control plane (default 24h; a short "
+        "one such as 30s exercises renewals)",
+    )
     up.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
@@ -100,6 +106,35 @@ def apply_resources(
         raise RuntimeError(_api_error_text(exc)) from None
 
 
+BOOTSTRAP_TOKEN_TTL = 600.0
+
+
+def mint_bootstrap_token(
+    api: str, namespace: str, service_account: str, credentials_dir: Path
+) -> str:
+    """A single-use, 10-minute bootstrap token for one sidecar's identity (admin token).
+
+    Raises:
+        RuntimeError: the control plane refused or could not be reached, with its message.
+    """
+    from gossamer.control.client import ApiError, ControlPlaneClient, Credentials
+
+    client = ControlPlaneClient(api, credentials=Credentials.from_state_dir(credentials_dir))
+    try:
+        answer = client.request(
+            "POST",
+            "/v1/tokens/bootstrap",
+            body={
+                "serviceAccount": service_account,
+                "namespace": namespace,
+                "ttl": BOOTSTRAP_TOKEN_TTL,
+            },
+        )
+    except ApiError as exc:
+        raise RuntimeError(_api_error_text(exc)) from None
+    return str(answer["token"])
+
+
 def _api_error_text(exc: Any) -> str:
     from gossamer.cli.resources import api_error_text
 
@@ -124,6 +159,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"stop it first: gossamer down{_state_flag(args)}"
         )
     plan = load_plan(args.file)
+    if args.svid_ttl is not None:
+        from gossamer.cli.control_plane import parse_svid_ttl
+
+        parse_svid_ttl(args.svid_ttl)  # a usage error now, not a control plane that exits
     gone = supervisor_gone(state)
     stale = state.read_status()
     if gone is not None and stale is not None and not args.supervise:
@@ -134,7 +173,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.detach and not args.supervise:
         try:
             status = start_detached(
-                supervise_argv(Path(args.file).resolve(), state, args.timeout),
+                supervise_argv(Path(args.file).resolve(), state, args.timeout, args.svid_ttl),
                 state,
                 args.timeout + 10.0,
             )
@@ -158,7 +197,10 @@ def _run_foreground(plan: Any, state: Any, args: argparse.Namespace) -> int:
 
     mux = LogMux(sys.stdout)
     options = RuntimeOptions(
-        state=state, file=Path(args.file).resolve(), start_timeout=args.timeout
+        state=state,
+        file=Path(args.file).resolve(),
+        start_timeout=args.timeout,
+        svid_ttl=args.svid_ttl,
     )
 
     def apply(api: str, resources: list[dict[str, Any]]) -> None:
@@ -167,7 +209,10 @@ def _run_foreground(plan: Any, state: Any, args: argparse.Namespace) -> int:
     def probe(api: str) -> Callable[[Collection[str], Collection[str]], bool]:
         return api_probe(api, state.control_plane)
 
-    sup = Supervisor(plan, options, mux, apply, probe)
+    def mint(api: str, namespace: str, service_account: str) -> str:
+        return mint_bootstrap_token(api, namespace, service_account, state.control_plane)
+
+    sup = Supervisor(plan, options, mux, apply, probe, mint)
     signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

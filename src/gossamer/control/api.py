@@ -316,6 +316,8 @@ def required_action(method: str, path: str) -> Action | None:
         return "write"
     if path == "/v1/tokens" or path.startswith("/v1/tokens/"):
         return "admin"
+    if path == "/v1/ca/rotate":
+        return "admin"
     return "read" if method in ("GET", "HEAD") else "write"
 
 
@@ -450,10 +452,10 @@ def create_app(
 ) -> FastAPI:
     """The API bound to one running control plane.
 
+    Operators authenticate with bearer tokens; the proxies' calls with their client SVID, which
+    `control/tls_peer.py` puts in the scope (served by `server.api_config`).
+
     Args:
-        listener: "operator" (served over HTTPS) checks each call's bearer token and role;
-            "internal" (plain HTTP, for the proxies until they use mTLS) serves only the proxies'
-            calls.
         max_body_bytes: larger request bodies get 413 `too_large`.
         max_apply_resources: an apply with more resources gets 422 `invalid`.
     """
@@ -796,6 +798,17 @@ def create_app(
                 )
         return peer
 
+    def reported_svid(report: SvidReport | None, peer: str | None) -> SvidStatus | None:
+        if report is None:
+            return None
+        if report.spiffe_id != peer:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"the proxy reports an SVID for {report.spiffe_id} but connects as {peer}",
+            )
+        return report.status()
+
     @app.post("/v1/proxies/{proxy_id}/register")
     async def register(proxy_id: str, body: RegisterRequest, request: Request) -> dict[str, Any]:
         peer = caller(request, proxy_id)
@@ -820,7 +833,7 @@ def create_app(
                 admin=body.admin,
                 app_port=body.app_port,
                 ready=body.ready,
-                svid=body.svid.status() if body.svid is not None else None,
+                svid=reported_svid(body.svid, peer),
                 identity=expected,
             )
         )
@@ -831,9 +844,9 @@ def create_app(
     async def heartbeat(
         proxy_id: str, request: Request, body: HeartbeatRequest | None = None
     ) -> dict[str, Any]:
-        caller(request, proxy_id)
+        peer = caller(request, proxy_id)
         ready = body.ready if body is not None else None
-        svid = body.svid.status() if body is not None and body.svid is not None else None
+        svid = reported_svid(body.svid if body is not None else None, peer)
         if not await registry.heartbeat(proxy_id, ready, svid):
             raise _unknown_proxy(proxy_id)
         distributor.touch(proxy_id)

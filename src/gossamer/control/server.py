@@ -26,6 +26,7 @@ from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
 from gossamer.control.tls_peer import PeerChecker, protocol_class
 from gossamer.files import write_atomically
+from gossamer.security.ca import DEFAULT_SVID_TTL
 from gossamer.tasks import cancel_all
 
 log = logging.getLogger("gossamer.control")
@@ -95,10 +96,12 @@ class ControlPlane:
         state = Path(state_dir)
         store = await SqliteStore.open(state / STORE_FILE)
         try:
-            if svid_ttl is None:
-                ca = await MeshCa.open(store, state, trust_domain)
-            else:
-                ca = await MeshCa.open(store, state, trust_domain, svid_ttl)
+            ca = await MeshCa.open(
+                store,
+                state,
+                trust_domain,
+                DEFAULT_SVID_TTL if svid_ttl is None else svid_ttl,
+            )
             tokens = await Tokens.open(store, clock)
             admin_token_file = await tokens.ensure_admin(state)
         except BaseException:

@@ -1,7 +1,9 @@
 """The proxy's control-plane client: register, heartbeat, long-poll snapshots, ACK/NACK, deregister.
 
 It speaks HTTP/1.1 JSON (see "Proxy <-> control plane" in docs/internals.md) over a tiny asyncio
-client of its own, so the sidecar never imports an HTTP library or the control plane's models. Two
+client of its own, so the sidecar never imports an HTTP library or the control plane's models.
+With an `https://` URL every call is mTLS: the proxy's SVID as the client certificate, the control
+plane's certificate verified against the mesh's roots and its SPIFFE ID checked (`ClientTls`). Two
 loops run side by side: the session loop (register, then heartbeat; a 404 means the control plane
 forgot us, so register again) and the watch loop (long-poll the snapshot, apply it, ACK or NACK).
 Neither ever ends on an error: an unreachable control plane means jittered, capped backoff and
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -39,15 +42,25 @@ class ControlPlaneError(Exception):
     """The control plane could not be reached or answered something that is not HTTP."""
 
 
-def parse_base_url(url: str) -> tuple[str, int, str]:
-    """Split `http://host:port[/prefix]` into (host, port, prefix); ValueError says what is off."""
+@dataclass(frozen=True)
+class ClientTls:
+    """How to reach an https:// control plane: a TLS client context (roots, and the proxy's SVID
+    once it has one) and the SPIFFE ID the server must present."""
+
+    context: ssl.SSLContext
+    server_id: str
+
+
+def parse_base_url(url: str, *, plaintext: bool = True) -> tuple[str, int, str]:
+    """Split `https://host:port[/prefix]` (or `http://`, when `plaintext`) into (host, port,
+    prefix); ValueError says what is off."""
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"control plane URL {url!r} must start with http://")
+    if parts.scheme != "https" and not (plaintext and parts.scheme == "http"):
+        raise ValueError(f"control plane URL {url!r} must start with https://")
     if not parts.hostname:
         raise ValueError(f"control plane URL {url!r} has no host")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError(f"control plane URL {url!r} has an invalid port") from None
     return parts.hostname, port, parts.path.rstrip("/")
@@ -77,11 +90,13 @@ async def http_request(
     body: bytes | None = None,
     *,
     time_limit: float,
+    tls: ClientTls | None = None,
 ) -> tuple[int, bytes]:
-    """One request on a fresh connection. Returns (status, body).
+    """One request on a fresh connection (TLS when `tls` is given). Returns (status, body).
 
     Raises:
-        ControlPlaneError: connect failure, timeout, or a response that is not HTTP/1.1.
+        ControlPlaneError: connect failure, TLS failure or the wrong server identity, timeout,
+            or a response that is not HTTP/1.1.
     """
     head = [
         f"{method} {target} HTTP/1.1",
@@ -97,8 +112,15 @@ async def http_request(
     received = 0
     try:
         async with asyncio.timeout(time_limit):
-            reader, writer = await asyncio.open_connection(host, port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls.context, server_hostname=host
+                )
             try:
+                if tls is not None:
+                    _check_server(writer, tls.server_id, host, port)
                 writer.write(data)
                 while not sink.complete:
                     chunk = await reader.read(65536)
@@ -114,6 +136,11 @@ async def http_request(
                     await writer.wait_closed()
     except TimeoutError:
         raise ControlPlaneError(f"{method} {target}: no answer within {time_limit:g}s") from None
+    except ssl.SSLError as exc:
+        # Before OSError: SSLError is one. Names the TLS problem (an untrusted certificate, a
+        # client certificate the server refused) rather than a bare errno.
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+        raise ControlPlaneError(f"{host}:{port}: TLS handshake failed: {reason}") from None
     except OSError as exc:
         raise ControlPlaneError(f"{host}:{port}: {exc.strerror or exc}") from None
     except httptools.HttpParserError as exc:
@@ -122,6 +149,16 @@ async def http_request(
     if not sink.headers_done:
         raise ControlPlaneError(f"{method} {target}: connection closed before a response")
     return parser.get_status_code(), b"".join(sink.body)
+
+
+def _check_server(writer: asyncio.StreamWriter, server_id: str, host: str, port: int) -> None:
+    from gossamer.security.tls import PeerIdentityError, check_peer
+
+    ssl_object = writer.get_extra_info("ssl_object")
+    try:
+        check_peer(ssl_object, [server_id])
+    except PeerIdentityError as exc:
+        raise ControlPlaneError(f"{host}:{port} is not the mesh's control plane: {exc}") from None
 
 
 # --- what the proxy runs --------------------------------------------------------------------------
@@ -290,9 +327,18 @@ class Agent:
         request_timeout: float = 2.0,
         backoff_cap: float = 2.0,
         rand: random.Random | None = None,
+        tls: Callable[[], ClientTls] | None = None,
+        svid_report: Callable[[], dict[str, object] | None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.url = control_plane
         self.host, self.port, prefix = parse_base_url(control_plane)
+        if control_plane.startswith("https:") and tls is None:
+            raise ValueError("an https:// control plane needs the proxy's TLS settings")
+        # Read at every call: renewals and trust-bundle changes replace it.
+        self.tls = tls
+        self.svid_report = svid_report
+        self.on_snapshot = on_snapshot
         self.base = f"{prefix}/v1/proxies/{quote(registration.proxy_id, safe='')}"
         self.registration = registration
         self.holder = holder
@@ -348,6 +394,7 @@ class Agent:
                 target,
                 payload,
                 time_limit=self.request_timeout if time_limit is None else time_limit,
+                tls=self.tls() if self.tls is not None else None,
             )
         except ControlPlaneError as exc:
             self._set_connected(False, str(exc))
@@ -374,9 +421,11 @@ class Agent:
 
     async def _register(self) -> bool:
         ready = self.is_ready()
-        status, body = await self._call(
-            "POST", f"{self.base}/register", self.registration.body(ready)
-        )
+        payload = self.registration.body(ready)
+        svid = self.svid_report() if self.svid_report is not None else None
+        if svid is not None:
+            payload["svid"] = svid
+        status, body = await self._call("POST", f"{self.base}/register", payload)
         if status != 200:
             log.warning("control plane refused registration: %d %s", status, _excerpt(body))
             return False
@@ -400,7 +449,11 @@ class Agent:
     async def _heartbeat(self) -> bool:
         """One heartbeat; False when the control plane no longer knows us."""
         ready = self.is_ready()
-        status, body = await self._call("POST", f"{self.base}/heartbeat", {"ready": ready})
+        payload: dict[str, object] = {"ready": ready}
+        svid = self.svid_report() if self.svid_report is not None else None
+        if svid is not None:
+            payload["svid"] = svid
+        status, body = await self._call("POST", f"{self.base}/heartbeat", payload)
         if status == 404:
             self.metrics.heartbeats.labels("unknown").inc()
             return False
@@ -494,6 +547,13 @@ class Agent:
             holder.reject(snap.version, reason)
             await self._ack(snap.version, reason)
             return
+        if self.on_snapshot is not None:
+            # Trust bundle and signer (root rotation) matter even in a snapshot the data plane
+            # refuses: they are about reaching the control plane at all.
+            try:
+                self.on_snapshot(snap)
+            except Exception:
+                log.exception("handling the snapshot's TLS settings failed")
         if holder.snapshot is not None and snap.version and snap.version == holder.version:
             # Same content as what we run (a resync, or the one we started from the cache).
             holder.last_version = snap.version

@@ -26,6 +26,9 @@ log = logging.getLogger("gossamer.proxy.authz")
 AUDIT_LOG_INTERVAL = 1.0
 """At most one audit log line per this many seconds (the counter counts every match)."""
 
+DENY_LOG_INTERVAL = 1.0
+"""At most one denial log line per this many seconds (the counter counts every denial)."""
+
 UNKNOWN_PORT = 0
 _DEFAULT = "default"  # the `policy` label of a decision no policy made (default deny / allow)
 
@@ -39,6 +42,8 @@ class Authorizer:
         "_clock",
         "_default_port",
         "_denied",
+        "_deny_suppressed",
+        "_next_deny_log",
         "_next_log",
         "_suppressed",
         "engine",
@@ -66,6 +71,8 @@ class Authorizer:
         self._clock = clock
         self._next_log = 0.0
         self._suppressed = 0
+        self._next_deny_log = 0.0
+        self._deny_suppressed = 0
 
     def check(
         self, principal: str | None, method: bytes, path: bytes, host: bytes
@@ -79,7 +86,27 @@ class Authorizer:
             child.value += 1.0
         if decision.audit:
             self._audit(decision, principal, method, path)
+        if not decision.allowed:
+            self._log_denial(decision, principal, method, path)
         return decision
+
+    def _log_denial(
+        self, decision: authz.Decision, principal: str | None, method: bytes, path: bytes
+    ) -> None:
+        now = self._clock()
+        if now < self._next_deny_log:
+            self._deny_suppressed += 1
+            return
+        self._next_deny_log = now + DENY_LOG_INTERVAL
+        suppressed, self._deny_suppressed = self._deny_suppressed, 0
+        log.info(
+            "authz denied: %s %s from %s: %s%s",
+            method.decode("latin-1"),
+            path[:200].decode("latin-1"),
+            principal or "an unauthenticated peer (plaintext)",
+            decision.reason,
+            f"; {suppressed} more denied requests since the last line" if suppressed else "",
+        )
 
     def _audit(
         self, decision: authz.Decision, principal: str | None, method: bytes, path: bytes

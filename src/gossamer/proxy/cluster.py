@@ -39,6 +39,7 @@ from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
 if TYPE_CHECKING:
     from gossamer.http.message import RequestHead
     from gossamer.proxy.exchange import Exchange
+    from gossamer.proxy.mtls import OutboundTls
 
 
 class Overflow(Exception):
@@ -74,6 +75,8 @@ class ClusterRuntime:
         self.hash_key: HashKeyExtractor | None = None
         # Whether any route retries on this cluster; only then do requests feed the budget.
         self.count_for_budget = True
+        # Set by DataPlane.apply from the spec's `tls`: None connects in plaintext.
+        self.tls: OutboundTls | None = None
         self._configure(spec)
         self._set_endpoints(spec)
 

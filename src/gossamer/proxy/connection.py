@@ -28,6 +28,7 @@ from gossamer.http.http1 import (
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
 from gossamer.proxy.exchange import Exchange
+from gossamer.telemetry.metrics import CounterChild
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import Listener
@@ -38,6 +39,7 @@ READ_PIPELINE = 1  # a pipelined request waits for the current response
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
+_XFCC = b"x-forwarded-client-cert"
 _NO_BACKEND = "no-backend"
 # Flags proxy/flags.py may not know yet fall back to one it does, with their own status.
 _INTERNAL_FLAG: str = getattr(flags, "INTERNAL_ERROR", flags.UPSTREAM_RESET)
@@ -66,6 +68,7 @@ class DownstreamConnection(asyncio.Protocol):
         "out",
         "out_chunked",
         "parser",
+        "peer_requests",
         "peer_spiffe_id",
         "read_paused",
         "req_done",
@@ -74,6 +77,7 @@ class DownstreamConnection(asyncio.Protocol):
         "timer",
         "transport",
         "write_paused",
+        "xfcc_field",
         "xff_field",
     )
 
@@ -84,10 +88,14 @@ class DownstreamConnection(asyncio.Protocol):
         settings = listener.settings
         self.parser = RequestParser(self, settings.max_header_bytes, settings.max_request_headers)
         self.client_ip = b""
-        # The peer's SPIFFE ID as verified by the mTLS handshake: the principal that
-        # AuthorizationPolicies match. Hook for inbound mTLS: until it lands, every connection is
-        # plaintext, so None.
+        # The peer's SPIFFE ID as verified by the mTLS handshake (set by proxy/mtls.py): the
+        # principal that AuthorizationPolicies match; None for a plaintext connection.
         self.peer_spiffe_id: str | None = None
+        # Set only on connections of an mTLS-capable inbound listener (proxy/mtls.py): the
+        # per-peer request counter, and the XFCC field (mTLS only) the app gets. The plaintext
+        # fast path pays one `is None` test per inbound request.
+        self.peer_requests: CounterChild | None = None
+        self.xfcc_field: tuple[bytes, bytes] | None = None
         self.xff_field = (b"x-forwarded-for", b"")  # this client's address, built once
         self.exchange: Exchange | None = None
         self.backlog: list[tuple[int, object, int, bool]] | None = None
@@ -192,6 +200,7 @@ class DownstreamConnection(asyncio.Protocol):
         xff = -1
         xfp = -1
         expect = -1
+        xfcc = False
         for i, (k, v) in enumerate(headers):
             if k[0] == 120:  # "x": the only names we look at start with x or e
                 if k == b"x-request-id":
@@ -200,6 +209,8 @@ class DownstreamConnection(asyncio.Protocol):
                     xff = i
                 elif k == b"x-forwarded-proto":
                     xfp = i
+                elif k == _XFCC:
+                    xfcc = True
             elif k == b"expect":
                 expect = i
         if rid is None and xff < 0 and xfp < 0:
@@ -225,6 +236,10 @@ class DownstreamConnection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.write(_CONTINUE)
             del headers[expect]
+        if xfcc and not listener.outbound:
+            # Only this sidecar vouches for a caller's certificate: a client (plaintext or not)
+            # must not forge one for the app.
+            headers[:] = [h for h in headers if h[0] != _XFCC]
         tables = listener.dataplane.tables
         route = None
         backend = None
@@ -254,6 +269,11 @@ class DownstreamConnection(asyncio.Protocol):
             cluster = tables.clusters[backend.cluster]
             plan = tables.plans.get(id(route.rule))
         else:
+            peer_requests = self.peer_requests
+            if peer_requests is not None:
+                peer_requests.value += 1.0
+                if self.xfcc_field is not None:
+                    headers.append(self.xfcc_field)
             app = tables.app
             if app is None:
                 self._start_local(flags.NO_HEALTHY_ENDPOINT, "this proxy has no local app")

@@ -14,8 +14,11 @@ from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.exchange import RulePlan
+from gossamer.proxy.mtls import InboundAcceptor, OutboundTls, PreparedBundle, TlsState
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
+from gossamer.security.bundle import BundleError
+from gossamer.security.tls import SvidFiles, TlsConfigError
 from gossamer.snapshot import Snapshot
 from gossamer.telemetry.metrics import Registry
 
@@ -94,6 +97,7 @@ class Listener:
         s = self.settings
         self.timer_period = max(0.001, min(s.header_timeout, s.downstream_idle_timeout))
         self.server: asyncio.AbstractServer | None = None
+        self.acceptor: InboundAcceptor | None = None  # the inbound listener's (mTLS modes)
 
     def protocol(self) -> DownstreamConnection:
         return DownstreamConnection(self)
@@ -120,8 +124,10 @@ class DataPlane:
         self.drained: asyncio.Future[None] | None = None
         self.tables = Tables(None, RouteTable(), {}, {}, None)
         self.deadlines = Deadlines(loop)
+        self.tls = TlsState(loop, self.metrics)
         self.inbound = Listener(self, "inbound")
         self.outbound = Listener(self, "outbound")
+        self.inbound.acceptor = InboundAcceptor(self.inbound, self.tls)
 
     async def start(self) -> BoundAddresses:
         """Bind both listeners; returns the addresses really bound.
@@ -136,16 +142,24 @@ class DataPlane:
         ):
             host, port = split_address(address)
             try:
-                server = await self.loop.create_server(
-                    listener.protocol, host, port, backlog=self.settings.backlog, reuse_address=True
-                )
+                if listener.acceptor is not None:
+                    sock = await listener.acceptor.bind(host, port, self.settings.backlog)
+                    listener.acceptor.set_mode(self.tls.mode)
+                else:
+                    server = await self.loop.create_server(
+                        listener.protocol,
+                        host,
+                        port,
+                        backlog=self.settings.backlog,
+                        reuse_address=True,
+                    )
+                    listener.server = server
+                    sock = server.sockets[0].getsockname()
             except OSError as exc:
                 raise OSError(
                     exc.errno,
                     f"cannot bind the {listener.direction} listener on {address}: {exc.strerror}",
                 ) from None
-            listener.server = server
-            sock = server.sockets[0].getsockname()
             addresses.append(f"[{sock[0]}]:{sock[1]}" if ":" in sock[0] else f"{sock[0]}:{sock[1]}")
         return BoundAddresses(inbound=addresses[0], outbound=addresses[1])
 
@@ -182,6 +196,7 @@ class DataPlane:
                 ClusterRuntime.check(app_spec, self.loop)
             except ValueError as exc:
                 raise SnapshotError(f"inbound listener: {exc}") from None
+        tls_update = self._check_tls(snapshot)
         authorizer = None
         if snapshot.authz is not None and snapshot.authz.policies:
             try:
@@ -191,6 +206,12 @@ class DataPlane:
         # Everything is checked: build and swap. Runtimes of persisting clusters are updated in
         # place, so their pools and endpoint state carry over.
         old = self.tables
+        tls = self.tls
+        if tls_update is not None:
+            tls.install_bundle(tls_update)
+        tls.mode = snapshot.tls.mode if snapshot.tls is not None else None
+        if self.inbound.acceptor is not None:
+            self.inbound.acceptor.set_mode(tls.mode)
         clusters: dict[str, ClusterRuntime] = {}
         for name, spec in specs.items():
             runtime = old.clusters.get(name)
@@ -201,6 +222,10 @@ class DataPlane:
             else:
                 runtime.update(spec)
             runtime.count_for_budget = name in retried
+            if spec.tls is None:
+                runtime.tls = None
+            else:
+                runtime.tls = OutboundTls(tls, name, spec.tls.identities)
             clusters[name] = runtime
         app = old.app
         if app_spec is None:
@@ -219,6 +244,60 @@ class DataPlane:
         for name, runtime in old.clusters.items():
             if name not in clusters:
                 runtime.close()
+
+    def _check_tls(self, snapshot: Snapshot) -> PreparedBundle | None:
+        """Validate the Snapshot's mTLS settings; the new bundle and contexts when it changed.
+
+        Raises:
+            SnapshotError: a bundle that cannot be parsed or used, or a cluster asking for TLS
+                without one.
+        """
+        mesh = snapshot.tls
+        for spec in snapshot.clusters:
+            if spec.tls is None:
+                continue
+            if mesh is None:
+                raise SnapshotError(
+                    f"cluster {spec.name!r}: tls is set but the Snapshot has no mesh tls "
+                    "(no trust bundle to verify its servers with)"
+                )
+            if not spec.tls.identities:
+                raise SnapshotError(
+                    f"cluster {spec.name!r}: tls.identities is empty: no server could be accepted"
+                )
+        if mesh is None:
+            return None
+        needs_roots = mesh.mode != "DISABLE" or any(c.tls is not None for c in snapshot.clusters)
+        if needs_roots and not mesh.trust_bundle.strip():
+            raise SnapshotError(
+                f"tls: mode {mesh.mode} (or a cluster with tls) needs a trust bundle, and "
+                "trustBundle is empty"
+            )
+        if mesh.trust_bundle == self.tls.bundle_pem:
+            return None
+        try:
+            prepared = self.tls.prepare_bundle(mesh.trust_bundle)
+        except BundleError as exc:
+            raise SnapshotError(f"tls: trustBundle: {exc}") from None
+        except TlsConfigError as exc:
+            raise SnapshotError(f"tls: cannot build TLS contexts with this bundle: {exc}") from None
+        return prepared
+
+    def set_svid(self, files: SvidFiles | None) -> None:
+        """Use these SVID files (written by `security.tls.write_svid`) from now on.
+
+        Called at start once an SVID is issued and after each renewal (the same paths, new
+        content): fresh server and client contexts are built at once; new connections use them,
+        open ones keep theirs. None forgets the SVID (mTLS connections then fail, never fall back).
+
+        Raises:
+            TlsConfigError: the files cannot be loaded or are not an SVID; the old ones stay.
+        """
+        self.tls.set_svid(files)
+
+    def tls_status(self) -> dict[str, object]:
+        """mTLS state for the admin /config page: mode, SVID, bundle fingerprints (no key)."""
+        return self.tls.status()
 
     @staticmethod
     def _app_cluster(snapshot: Snapshot) -> snap.Cluster | None:
@@ -246,6 +325,8 @@ class DataPlane:
         for listener in (self.inbound, self.outbound):
             if listener.server is not None:
                 listener.server.close()
+            if listener.acceptor is not None:
+                listener.acceptor.close()
             for conn in list(listener.connections):
                 conn.close_if_idle()
         if self.open_connections() and not self.drained.done():
@@ -264,6 +345,8 @@ class DataPlane:
         for listener in (self.inbound, self.outbound):
             if listener.server is not None:
                 await listener.server.wait_closed()
+            if listener.acceptor is not None:
+                await listener.acceptor.wait_closed()
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -37,6 +37,9 @@ DENIED = "denied"
 UPSTREAM_HEADERS_TOO_LARGE = "upstream-headers-too-large"
 # A client did not finish its request head within the header timeout.
 HEADER_TIMEOUT = "header-timeout"
+# A plaintext client on an inbound listener whose mTLS mode is STRICT (sent in plaintext, then the
+# connection closes; nothing reaches the app).
+MTLS_REQUIRED = "mtls-required"
 
 # The status each flag answers with. A redirect's status comes from the filter
 # (301/302/303/307/308); 302 is only the default.
@@ -57,6 +60,7 @@ STATUS: dict[str, int] = {
     DENIED: 403,
     UPSTREAM_HEADERS_TOO_LARGE: 502,
     HEADER_TIMEOUT: 408,
+    MTLS_REQUIRED: 400,
 }
 
 FLAGS: tuple[str, ...] = tuple(STATUS)

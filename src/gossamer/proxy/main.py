@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -25,6 +27,10 @@ from gossamer.proxy.readiness import ReadinessProbe
 from gossamer.snapshot import Snapshot
 from gossamer.tasks import cancel_all
 from gossamer.telemetry.metrics import Registry
+
+if TYPE_CHECKING:
+    from gossamer.proxy.identity import Identity
+    from gossamer.security.tls import SvidFiles
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -60,6 +66,10 @@ class ProxyOptions:
     cache_deadline: float = 2.0  # how long to wait for the control plane before using the cache
     poll_wait: float = 30.0
     probe_interval: float = 1.0
+    ca_bundle: Path | None = None  # the roots trusted for the first contact (https only)
+    service_account: str | None = None  # None: the service's name
+    # From $GOSSAMER_BOOTSTRAP_TOKEN only (never a flag); single use; never logged or shown.
+    bootstrap_token: str | None = field(default=None, repr=False)
 
 
 class DataPlaneLike(Protocol):
@@ -70,6 +80,8 @@ class DataPlaneLike(Protocol):
     def apply(self, snapshot: Snapshot) -> None: ...
 
     async def drain(self, timeout: float) -> None: ...  # noqa: ASYNC109 (the data plane's API)
+
+    def set_svid(self, files: SvidFiles | None) -> None: ...
 
 
 DataPlaneFactory = Callable[[asyncio.AbstractEventLoop, ProxyOptions, Registry], DataPlaneLike]
@@ -126,12 +138,18 @@ class ProxyProcess:
         self._dataplane: DataPlaneLike | None = None  # set once it has started
         self._admin_started = False
         self._stopped = False
+        self.identity: Identity | None = None
+        self.exit_code = 0
+        self._temp_state: Path | None = None  # a private state dir made for the SVID, removed
 
     # -- ProxyView (admin) --
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
+        if self.identity is not None and self.identity.current is None:
+            why = self.identity.last_error or f"waiting for {self.options.control_plane}"
+            return False, f"no SVID yet ({why})"
         if self.holder is None or self.holder.snapshot is None:
             where = self.options.control_plane or "the snapshot file"
             return False, f"no snapshot yet (waiting for {where})"
@@ -154,6 +172,12 @@ class ProxyProcess:
         }
         if self.agent is not None:
             doc["controlPlane"] = {"url": self.agent.url, "connected": self.agent.connected}
+        if self.identity is not None:
+            # Facts only: the key never leaves the state dir.
+            doc["svid"] = self.identity.report()
+        tls_status = getattr(self._dataplane, "tls_status", None)
+        if callable(tls_status):
+            doc["tls"] = tls_status()
         return doc
 
     def request_quit(self) -> None:
@@ -205,6 +229,8 @@ class ProxyProcess:
             self._tasks.append(asyncio.create_task(self.probe.run(), name="readiness-probe"))
 
         if opts.control_plane is not None:
+            if opts.control_plane.startswith("https:"):
+                self.identity = self._make_identity(opts.control_plane, dataplane)
             registration = Registration(
                 proxy_id=opts.proxy_id,
                 service=opts.service,
@@ -223,8 +249,14 @@ class ProxyProcess:
                 self.holder,
                 is_ready=lambda: self.readiness()[0],
                 poll_wait=opts.poll_wait,
+                tls=self.identity.tls if self.identity is not None else None,
+                svid_report=self.identity.report if self.identity is not None else None,
+                on_snapshot=self.identity.on_snapshot if self.identity is not None else None,
             )
-            self.agent.start()
+            if self.identity is None:
+                self.agent.start()
+            else:
+                self._tasks.append(asyncio.create_task(self._run_identity(), name="identity"))
             self._tasks.append(asyncio.create_task(self._cache_fallback(), name="cache-fallback"))
 
         if opts.ready_file is not None:
@@ -244,6 +276,65 @@ class ProxyProcess:
         )
         self._readiness_changed()
         return self.addresses
+
+    def _make_identity(self, url: str, dataplane: DataPlaneLike) -> Identity:
+        from gossamer.proxy.agent import parse_base_url
+        from gossamer.proxy.identity import Identity, IdentityError, IdentityMetrics, read_bundle
+
+        opts = self.options
+        if opts.ca_bundle is None:
+            raise StartupError(
+                f"--control-plane {url} needs --ca-bundle FILE: the mesh's roots, to verify "
+                "the control plane on first contact"
+            )
+        state_dir = opts.state_dir
+        if state_dir is None:
+            # The SVID's key must be a file for `ssl`; mkdtemp makes the directory 0700.
+            state_dir = self._temp_state = Path(tempfile.mkdtemp(prefix="gossamer-proxy-"))
+        else:
+            try:
+                state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(
+                    f"--state-dir {state_dir}: cannot create: {exc.strerror or exc}"
+                ) from None
+        host, port, prefix = parse_base_url(url)
+        try:
+            return Identity(
+                url,
+                host,
+                port,
+                read_bundle(opts.ca_bundle),
+                state_dir,
+                opts.namespace,
+                opts.service_account or opts.service,
+                token=opts.bootstrap_token,
+                on_svid=dataplane.set_svid,
+                metrics=IdentityMetrics(self.registry),
+                prefix=prefix,
+            )
+        except IdentityError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def _run_identity(self) -> None:
+        """Get the SVID, then start the agent (every call is mTLS), then keep the SVID fresh."""
+        from gossamer.proxy.identity import IdentityError
+
+        identity, agent = self.identity, self.agent
+        assert identity is not None
+        assert agent is not None
+        try:
+            await identity.acquire()
+        except IdentityError as exc:
+            # Nothing this run can change (a spent or unknown token): exit non-zero so that a
+            # supervisor starts it again, with a new token.
+            log.error("%s", exc)
+            self.exit_code = 1
+            self.request_quit()
+            return
+        self._readiness_changed()
+        agent.start()
+        await identity.run()
 
     def _install_file(self, path: Path) -> None:
         assert self.holder is not None
@@ -304,6 +395,8 @@ class ProxyProcess:
                 log.warning("while draining: %s: %s", type(result).__name__, result)
         if self._admin_started:
             await self.admin.close()
+        if self._temp_state is not None:
+            shutil.rmtree(self._temp_state, ignore_errors=True)
         log.info("stopped")
 
 
@@ -335,7 +428,7 @@ async def serve(options: ProxyOptions, make_dataplane: DataPlaneFactory = real_d
         await proxy.stop()
     except asyncio.CancelledError:
         log.info("second signal: stopped without finishing the drain")
-    return 0
+    return proxy.exit_code
 
 
 def _cancel_current(task: asyncio.Task[Any] | None) -> None:

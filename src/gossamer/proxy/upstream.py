@@ -32,6 +32,16 @@ TIMEOUT = "timeout"
 HEADERS_TOO_LARGE = "upstream-headers-too-large"
 
 
+class TlsConnectError(Exception):
+    """An outbound mTLS connection failed (proxy/mtls.py); `reason` is one line for the client."""
+
+    def __init__(self, result: str, reason: str, *, endpoint_fault: bool = True) -> None:
+        super().__init__(reason)
+        self.result = result  # the handshake metric's `result` label
+        self.reason = reason
+        self.endpoint_fault = endpoint_fault  # whether fail-fast should mark the endpoint
+
+
 class UpstreamConnection(asyncio.Protocol):
     """A connection to one endpoint; `exchange` is the request it serves, None when idle."""
 
@@ -251,11 +261,24 @@ class EndpointPool:
     async def _connect(self, exchange: Exchange) -> None:
         cluster = self.cluster
         ep = self.endpoint
+        tls = cluster.tls
         try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                _, proto = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), ep.host, ep.port
+            if tls is None:
+                async with asyncio.timeout(cluster.connect_timeout):
+                    _, proto = await self.loop.create_connection(
+                        lambda: UpstreamConnection(self), ep.host, ep.port
+                    )
+            else:
+                proto = await tls.connect(
+                    self.loop, lambda: UpstreamConnection(self), ep, cluster.connect_timeout
                 )
+        except TlsConnectError as exc:
+            self.connecting -= 1
+            cluster.on_connection_gone(self)
+            if exc.endpoint_fault:
+                cluster.failfast.on_unreachable(ep)
+            exchange.on_connect_failure(self, exc.reason)
+            return
         except (OSError, TimeoutError) as exc:
             self.connecting -= 1
             cluster.on_connection_gone(self)
@@ -278,6 +301,14 @@ class EndpointPool:
         if proto.closed:  # lost before we got here; the pool already counted it out
             exchange.on_connect_failure(self, f"connection to {ep.address} closed at once")
             return
+        if tls is not None:
+            refused = tls.verify(proto.transport, ep.address)
+            if refused is not None:
+                # A server with the wrong identity is as unusable as one that is down.
+                proto.close()
+                cluster.failfast.on_unreachable(ep)
+                exchange.on_connect_failure(self, refused)
+                return
         exchange.on_connection(proto, reused=False)
 
     def release(self, conn: UpstreamConnection) -> None:

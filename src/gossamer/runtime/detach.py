@@ -233,7 +233,10 @@ def _failure(log_path: Path, start: int, prefix: str = "") -> str:
     return prefix + "\n".join(lines[-15:] or [f"the supervisor exited; see {log_path}"])
 
 
-def supervise_argv(file: Path, state: StateDir, timeout: float) -> list[str]:
+def supervise_argv(
+    file: Path, state: StateDir, timeout: float, svid_ttl: str | None = None
+) -> list[str]:
+    extra = ["--svid-ttl", svid_ttl] if svid_ttl else []
     return [
         *default_gossamer_argv(),
         "up",
@@ -242,5 +245,6 @@ def supervise_argv(file: Path, state: StateDir, timeout: float) -> list[str]:
         str(state.root),
         "--timeout",
         f"{timeout:g}",
+        *extra,
         "--supervise",
     ]

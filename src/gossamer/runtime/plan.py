@@ -24,6 +24,7 @@ class ReplicaPlan:
     env: dict[str, str]
     cwd: Path
     readiness_path: str | None
+    service_account: str | None = None  # the sidecar's identity; None: the service's name
 
     @property
     def proxy_name(self) -> str:
@@ -37,6 +38,8 @@ class PublishPlan:
     service: str
     namespace: str
     port: int
+    # A front door runs as the service it publishes (its identity; None: the service's name).
+    service_account: str | None = None
 
     @property
     def proxy_id(self) -> str:
@@ -49,6 +52,15 @@ class Plan:
     replicas: list[ReplicaPlan]
     publishes: list[PublishPlan]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def trust_domain(self) -> str | None:
+        """The Mesh resource's trustDomain, if the file has a Mesh that names one."""
+        for res in self.resources:
+            if res.get("kind") == "Mesh":
+                value = (res.get("spec") or {}).get("trustDomain")
+                return str(value) if value else None
+        return None
 
     def process_names(self) -> list[str]:
         names = ["control-plane"]
@@ -109,8 +121,11 @@ def build_plan(resources: Sequence[Resource], base_dir: Path) -> Plan:
                         env=env,
                         cwd=cwd.resolve(),
                         readiness_path=probe,
+                        service_account=spec.service_account,
                     )
                 )
         if spec.publish is not None:
-            publishes.append(PublishPlan(meta.name, meta.namespace, spec.publish))
+            publishes.append(
+                PublishPlan(meta.name, meta.namespace, spec.publish, spec.service_account)
+            )
     return Plan([to_wire(r) for r in resources], replicas, publishes, notes)

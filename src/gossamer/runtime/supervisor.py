@@ -50,6 +50,10 @@ RUN_ID_ENV = "GOSSAMER_RUN_ID"
 _PROXY_ENV = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 Applier = Callable[[str, list[dict[str, Any]]], None]
+# (control plane URL, namespace, service account) -> a single-use bootstrap token for that
+# identity (cli/up.py: POST /v1/tokens/bootstrap with the admin token).
+Minter = Callable[[str, str, str], str]
+BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
 # Given the control plane's URL, a check of (replica ids, proxy ids) -> converged (converge.py).
 ConvergeProbe = Callable[[str], Callable[[Collection[str], Collection[str]], bool]]
 
@@ -82,6 +86,7 @@ class RuntimeOptions:
     restart_delay: float = 0.2
     restart_max_delay: float = 10.0
     restart_reset: float = 30.0
+    svid_ttl: str | None = None  # the control plane's --svid-ttl (None: its default, 24h)
 
 
 @dataclass
@@ -152,6 +157,7 @@ def sidecar_argv(
     control_plane: str,
     ready: Path,
     state_dir: Path,
+    ca_bundle: str | None = None,
 ) -> list[str]:
     argv = [
         *gossamer,
@@ -171,6 +177,10 @@ def sidecar_argv(
         "--state-dir",
         str(state_dir),
     ]
+    if ca_bundle:
+        argv += ["--ca-bundle", ca_bundle]
+    if replica.service_account:
+        argv += ["--service-account", replica.service_account]
     if replica.subset:
         argv += ["--subset", replica.subset]
     for key, value in sorted(replica.labels.items()):
@@ -202,8 +212,16 @@ def _what(child: Child) -> str:
 
 
 def publish_argv(
-    gossamer: list[str], pub: PublishPlan, control_plane: str, ready: Path, state_dir: Path
+    gossamer: list[str],
+    pub: PublishPlan,
+    control_plane: str,
+    ready: Path,
+    state_dir: Path,
+    ca_bundle: str | None = None,
 ) -> list[str]:
+    extra = ["--ca-bundle", ca_bundle] if ca_bundle else []
+    if pub.service_account:
+        extra += ["--service-account", pub.service_account]
     return [
         *gossamer,
         "proxy",
@@ -227,6 +245,7 @@ def publish_argv(
         str(ready),
         "--state-dir",
         str(state_dir),
+        *extra,
     ]
 
 
@@ -240,8 +259,10 @@ class Supervisor:
         mux: LogMux,
         apply: Applier,
         converge: ConvergeProbe | None = None,
+        mint: Minter | None = None,
     ) -> None:
         self.plan = plan
+        self._mint = mint
         self._converge = converge
         self.options = options
         self.state = options.state
@@ -250,8 +271,8 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.phase = "starting"
         self.api: str | None = None
-        # Where the proxies reach the control plane: its plain-HTTP internal listener (the
-        # operator API, `api`, is HTTPS) until proxies authenticate with SVIDs over mTLS.
+        # Where the proxies reach the control plane: the same HTTPS listener as operators
+        # (proxies with their SVIDs); `controlPlaneInternal` in status, kept for its readers.
         self.internal: str | None = None
         self.ca_bundle: str | None = None
         self.control_plane: Child | None = None
@@ -294,19 +315,25 @@ class Supervisor:
         for note in self.plan.notes:
             self.mux.say(note)
 
+        cp_argv = [
+            *opts.gossamer,
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(state.control_plane),
+            "--ready-file",
+            str(state.ready_file("control-plane")),
+        ]
+        if opts.svid_ttl:
+            cp_argv += ["--svid-ttl", opts.svid_ttl]
+        if self.plan.trust_domain:
+            # Names the root made at first start; a later start keeps the root it has.
+            cp_argv += ["--trust-domain", self.plan.trust_domain]
         cp = Child(
             "control-plane",
             "control-plane",
-            [
-                *opts.gossamer,
-                "control-plane",
-                "--listen",
-                "127.0.0.1:0",
-                "--state-dir",
-                str(state.control_plane),
-                "--ready-file",
-                str(state.ready_file("control-plane")),
-            ],
+            cp_argv,
             self._env,
             state.log_path("control-plane"),
         )
@@ -314,12 +341,10 @@ class Supervisor:
         self._launch(cp)
         info = self._wait_file(cp, deadline, "the control plane")
         self.api = str(info["api"])
-        self.internal = str(info.get("internal") or self.api)
+        self.internal = self.api
         self.ca_bundle = str(info["caBundle"]) if info.get("caBundle") else None
         # A restart listens where the proxies (and operators) already look for it.
         pin_flag(cp.argv, "--listen", host_port(self.api))
-        if info.get("internal"):
-            pin_flag(cp.argv, "--internal-listen", host_port(self.internal))
         self.mux.say(f"control plane ready at {self.api}")
         try:
             self._apply(self.api, self.plan.resources)
@@ -338,11 +363,13 @@ class Supervisor:
                     self.internal,
                     state.ready_file(rp.proxy_name),
                     state.proxy_dir(rp.name),
+                    self.ca_bundle,
                 ),
                 self._env,
                 state.log_path(rp.proxy_name),
             )
             self.replicas.append(ReplicaState(rp, port, sidecar))
+            self._arm(sidecar)
             self._launch(sidecar)
         for rs in self.replicas:
             rs.addresses = self._wait_file(rs.sidecar, deadline, f"sidecar {rs.sidecar.name}")
@@ -370,11 +397,13 @@ class Supervisor:
                     self.internal,
                     state.ready_file(pp.proxy_id),
                     state.proxy_dir(pp.proxy_id),
+                    self.ca_bundle,
                 ),
                 self._env,
                 state.log_path(pp.proxy_id),
             )
             self.publishers.append(PublisherState(pp, proxy))
+            self._arm(proxy)
             self._launch(proxy)
         for ps in self.publishers:
             ps.addresses = self._wait_file(ps.proxy, deadline, f"published proxy {ps.proxy.name}")
@@ -392,6 +421,35 @@ class Supervisor:
         with self._lock:
             self.phase = "ready"
         self._write_status()
+
+    def _identity_of(self, child: Child) -> tuple[str, str] | None:
+        """(namespace, service account) of a sidecar or front door; None for other children."""
+        for rs in self.replicas:
+            if child is rs.sidecar:
+                return rs.plan.namespace, rs.plan.service_account or rs.plan.service
+        for ps in self.publishers:
+            if child is ps.proxy:
+                return ps.plan.namespace, ps.plan.service_account or ps.plan.service
+        return None
+
+    def _arm(self, child: Child) -> None:
+        """Give a proxy a fresh bootstrap token in its environment (tokens are single use, so
+        on every start and restart).
+
+        Raises:
+            StartError: the control plane would not mint one.
+        """
+        identity = self._identity_of(child)
+        if self._mint is None or identity is None or self.api is None:
+            return
+        try:
+            token = self._mint(self.api, *identity)
+        except Exception as exc:
+            raise StartError(
+                f"cannot get a bootstrap token for {_what(child)} "
+                f"(spiffe identity ns/{identity[0]}/sa/{identity[1]}): {exc}"
+            ) from None
+        child.env = {**self._env, BOOTSTRAP_TOKEN_ENV: token}
 
     @staticmethod
     def _pin_listeners(proxy: Child, addresses: dict[str, Any]) -> None:
@@ -539,8 +597,11 @@ class Supervisor:
                     if ready is not None:
                         ready.unlink(missing_ok=True)
                     try:
+                        self._arm(child)
                         self._started_at[child.name] = self.options.clock()
                         child.start(self.mux, self._on_exit)
+                    except StartError as exc:
+                        error = str(exc)
                     except OSError as exc:
                         error = f"cannot start it ({' '.join(child.argv)}): {exc.strerror or exc}"
                     else:
@@ -564,8 +625,7 @@ class Supervisor:
     def _addresses_of(self, child: Child) -> list[str]:
         """Where `child` listens: the addresses a restart must get back."""
         if child is self.control_plane and self.api:
-            urls = dict.fromkeys([self.api, self.internal or self.api])
-            return [host_port(url) for url in urls]
+            return [host_port(self.api)]
         for rs in self.replicas:
             if child is rs.workload:
                 return [f"127.0.0.1:{rs.app_port.port}"]

@@ -173,6 +173,8 @@ class CertificateAuthority:
         key = _load_ca_key(key_pem)
         if _public_der(key.public_key()) != _public_der(cert.public_key()):
             raise CaError(f"the private key does not match the CA certificate {_subject(cert)}")
+        # First, so that a leaf given by mistake is named as such, not as a broken chain.
+        _check_is_ca(cert)
         parents = tuple(_load_certs(chain_pem, "CA chain"))
         chain = (cert, *parents)
         for child, parent in itertools.pairwise(chain):
@@ -273,7 +275,9 @@ class CertificateAuthority:
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id)), *names]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(str(spiffe_id)), *names]
+                ),
                 critical=False,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
