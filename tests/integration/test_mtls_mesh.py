@@ -105,3 +105,32 @@ def test_svid_renewal_under_load_fails_no_request(mesh: Mesh) -> None:
         load.stop()
     assert load.failures == []
     assert load.count() > 0
+
+
+def metric(admin: str, name: str, labels: str) -> float:
+    """One sample from a sidecar's /metrics (0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(part in line for part in labels.split(",")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_sidecars_call_each_other_over_mutual_tls_only(mesh: Mesh) -> None:
+    published = mesh.status()["published"]["frontend"].removeprefix("http://")
+    load = Load(published, "frontend", "/api/products", workers=1, max_seconds=20).start()
+    try:
+        load.wait_count(10)
+    finally:
+        load.stop()
+    assert load.failures == []
+    catalog = mesh.replicas("catalog")[0]["admin"]
+    tls = "gossamer_proxy_inbound_connections_by_tls_total"
+    assert metric(catalog, tls, 'tls="mtls"') > 0
+    assert metric(catalog, tls, 'tls="plaintext"') == 0
+    peer = f'peer="spiffe://{TD}/ns/default/sa/frontend"'
+    assert metric(catalog, "gossamer_proxy_inbound_requests_by_peer_total", peer) >= 10

@@ -88,6 +88,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--service-account",
         help="the service account of this workload's identity (default: the service)",
     )
+    p.add_argument(
+        "--svid-cert",
+        type=Path,
+        metavar="FILE",
+        help="with --snapshot: this SVID (PEM, leaf first) for mTLS, managed outside Gossamer",
+    )
+    p.add_argument(
+        "--svid-key", type=Path, metavar="FILE", help="with --svid-cert: its private key (0600)"
+    )
     p.add_argument("--inbound", type=_address, default="127.0.0.1:0")
     p.add_argument("--outbound", type=_address, default="127.0.0.1:0")
     p.add_argument("--admin", type=_address, default="127.0.0.1:0")
@@ -130,6 +139,16 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if (args.svid_cert is None) != (args.svid_key is None):
+        print("gossamer proxy: --svid-cert and --svid-key go together", file=sys.stderr)
+        return 2
+    if args.svid_cert is not None and args.control_plane is not None:
+        print(
+            "gossamer proxy: --svid-cert is for --snapshot: with a control plane the proxy gets "
+            "its SVID from the mesh CA",
+            file=sys.stderr,
+        )
+        return 2
     options = ProxyOptions(
         service=args.service,
         proxy_id=args.proxy_id,
@@ -152,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         ca_bundle=args.ca_bundle,
         service_account=args.service_account,
+        svid_cert=args.svid_cert,
+        svid_key=args.svid_key,
         # Never a flag (flags show in `ps`); the variable is not passed on to anything.
         bootstrap_token=os.environ.pop(BOOTSTRAP_TOKEN_ENV, None) or None,
     )

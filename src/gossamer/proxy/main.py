@@ -68,6 +68,9 @@ class ProxyOptions:
     probe_interval: float = 1.0
     ca_bundle: Path | None = None  # the roots trusted for the first contact (https only)
     service_account: str | None = None  # None: the service's name
+    # A static SVID (with a static Snapshot): files that something else issues and renews.
+    svid_cert: Path | None = None
+    svid_key: Path | None = None
     # From $GOSSAMER_BOOTSTRAP_TOKEN only (never a flag); single use; never logged or shown.
     bootstrap_token: str | None = field(default=None, repr=False)
 
@@ -215,6 +218,8 @@ class ProxyProcess:
         self.holder = SnapshotHolder(dataplane.apply, self.metrics, self.cache)
         self.holder.listeners.append(self._readiness_changed)
 
+        if opts.svid_cert is not None and opts.svid_key is not None:
+            self._load_static_svid(dataplane, opts.svid_cert, opts.svid_key)
         if opts.snapshot_file is not None:
             self._install_file(opts.snapshot_file)
 
@@ -335,6 +340,15 @@ class ProxyProcess:
         self._readiness_changed()
         agent.start()
         await identity.run()
+
+    @staticmethod
+    def _load_static_svid(dataplane: DataPlaneLike, cert: Path, key: Path) -> None:
+        from gossamer.security.tls import SvidFiles, TlsConfigError
+
+        try:
+            dataplane.set_svid(SvidFiles(cert, key))
+        except TlsConfigError as exc:
+            raise StartupError(f"--svid-cert/--svid-key: {exc}") from None
 
     def _install_file(self, path: Path) -> None:
         assert self.holder is not None
