@@ -97,6 +97,7 @@ def main() -> int:
         for flag in ("--inbound", "--outbound", "--admin"):
             p.add_argument(flag, default="127.0.0.1:0")
         p.add_argument("--default-host")
+        p.add_argument("--access-log")  # the real proxy's; the fake logs no requests
         args = p.parse_args(sys.argv[2:])
         # Named like the runtime's log prefixes: "web-0.proxy" beside app "web-0".
         name = args.proxy_id + (".proxy" if args.app_port is not None else "")

@@ -168,6 +168,10 @@ def test_workload_environment_and_sidecar_flags(make_supervisor, events) -> None
     assert front[front.index("--label") + 1] == f"{PUBLISH_LABEL}=web"
     assert PUBLISH_LABEL == TRANSLATOR_PUBLISH_LABEL
     assert front[front.index("--outbound") + 1] == "127.0.0.1:0"
+    # Every sidecar writes its access log beside the processes' logs.
+    logs = sup.state.logs
+    assert flags["--access-log"] == str(logs / "pricing-v2-1.access.log")
+    assert front[front.index("--access-log") + 1] == str(logs / "web-publish.access.log")
 
 
 def test_workload_exiting_during_startup_fails_with_its_log(make_supervisor) -> None:

@@ -47,6 +47,16 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _sample_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 1")
+    return value
+
+
 def _readiness_path(text: str) -> str:
     if not text.startswith("/") or any(c in text for c in " \r\n"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with /")
@@ -116,6 +126,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--drain-timeout", type=_seconds, default=5.0, help="seconds to finish in-flight requests"
     )
+    p.add_argument(
+        "--access-log",
+        metavar="PATH|-",
+        help="write a JSON line per request to PATH (appended), or to stdout with '-' "
+        "(docs/access-log.md); off when absent",
+    )
+    p.add_argument(
+        "--access-log-sample",
+        type=_sample_rate,
+        default=1.0,
+        metavar="RATE",
+        help="log this share of requests (0 < RATE <= 1); local responses and 5xx always",
+    )
     p.set_defaults(func=_run)
 
 
@@ -173,6 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         service_account=args.service_account,
         svid_cert=args.svid_cert,
         svid_key=args.svid_key,
+        access_log=args.access_log,
+        access_log_sample=args.access_log_sample,
         # Never a flag (flags show in `ps`); the variable is not passed on to anything.
         bootstrap_token=os.environ.pop(BOOTSTRAP_TOKEN_ENV, None) or None,
     )

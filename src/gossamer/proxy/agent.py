@@ -42,13 +42,43 @@ class ControlPlaneError(Exception):
     """The control plane could not be reached or answered something that is not HTTP."""
 
 
+class ServerNotTrusted(ControlPlaneError):
+    """The control plane's certificate does not verify against the roots the proxy trusts."""
+
+
+class ClientCertRefused(ControlPlaneError):
+    """The control plane's TLS layer refused the proxy's client certificate (an alert about it),
+    or may have (it closed the connection without a byte after the handshake)."""
+
+
+# TLS alerts a server sends about the client's certificate (OpenSSL's reason names).
+_CLIENT_CERT_ALERTS = frozenset(
+    {
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
+
+
 @dataclass(frozen=True)
 class ClientTls:
     """How to reach an https:// control plane: a TLS client context (roots, and the proxy's SVID
-    once it has one) and the SPIFFE ID the server must present."""
+    once it has one) and the SPIFFE ID the server must present.
+
+    The hooks let the proxy's identity react to what only a call can show: `on_untrusted_server()`
+    when the control plane's certificate does not verify (returns True when the trusted roots
+    changed, so the call is worth one more try at once), and `on_refused(message)` when the
+    control plane refuses the proxy's SVID (HTTP 401, or a TLS alert about the certificate).
+    """
 
     context: ssl.SSLContext
     server_id: str
+    on_untrusted_server: Callable[[], bool] | None = None
+    on_refused: Callable[[str], None] | None = None
 
 
 def parse_base_url(url: str, *, plaintext: bool = True) -> tuple[str, int, str]:
@@ -136,18 +166,28 @@ async def http_request(
                     await writer.wait_closed()
     except TimeoutError:
         raise ControlPlaneError(f"{method} {target}: no answer within {time_limit:g}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        # Before SSLError and OSError: it is both.
+        reason = exc.verify_message or exc.reason or exc
+        raise ServerNotTrusted(f"{host}:{port}: TLS handshake failed: {reason}") from None
     except ssl.SSLError as exc:
-        # Before OSError: SSLError is one. Names the TLS problem (an untrusted certificate, a
-        # client certificate the server refused) rather than a bare errno.
-        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-        raise ControlPlaneError(f"{host}:{port}: TLS handshake failed: {reason}") from None
+        # Before OSError: SSLError is one. Names the TLS problem (a client certificate the
+        # server refused, ...) rather than a bare errno.
+        why = getattr(exc, "reason", None) or exc
+        error = ClientCertRefused if why in _CLIENT_CERT_ALERTS else ControlPlaneError
+        raise error(f"{host}:{port}: TLS handshake failed: {why}") from None
     except OSError as exc:
         raise ControlPlaneError(f"{host}:{port}: {exc.strerror or exc}") from None
     except httptools.HttpParserError as exc:
         raise ControlPlaneError(f"{method} {target}: bad HTTP response: {exc}") from None
     # A body without a length ends at EOF; anything cut short before the head is an error.
     if not sink.headers_done:
-        raise ControlPlaneError(f"{method} {target}: connection closed before a response")
+        message = f"{method} {target}: connection closed before a response"
+        if tls is not None and not received:
+            # Not one byte after our handshake: how an asyncio/uvicorn server drops a client
+            # certificate it does not trust (it sends no alert). The identity decides.
+            raise ClientCertRefused(message)
+        raise ControlPlaneError(message)
     return parser.get_status_code(), b"".join(sink.body)
 
 
@@ -386,20 +426,40 @@ class Agent:
         self, method: str, target: str, body: object = None, *, time_limit: float | None = None
     ) -> tuple[int, bytes]:
         payload = None if body is None else _json.encode(body)
-        try:
-            answer = await http_request(
-                self.host,
-                self.port,
-                method,
-                target,
-                payload,
-                time_limit=self.request_timeout if time_limit is None else time_limit,
-                tls=self.tls() if self.tls is not None else None,
-            )
-        except ControlPlaneError as exc:
-            self._set_connected(False, str(exc))
-            raise
+        retried = False
+        while True:
+            tls = self.tls() if self.tls is not None else None
+            try:
+                answer = await http_request(
+                    self.host,
+                    self.port,
+                    method,
+                    target,
+                    payload,
+                    time_limit=self.request_timeout if time_limit is None else time_limit,
+                    tls=tls,
+                )
+            except ServerNotTrusted as exc:
+                # A root rotation the proxy missed: the identity re-reads its roots; when they
+                # changed, one more try at once with the new context.
+                hook = tls.on_untrusted_server if tls is not None else None
+                if not retried and hook is not None and hook():
+                    retried = True
+                    continue
+                self._set_connected(False, str(exc))
+                raise
+            except ClientCertRefused as exc:
+                self._set_connected(False, str(exc))
+                if tls is not None and tls.on_refused is not None:
+                    tls.on_refused(str(exc))
+                raise
+            except ControlPlaneError as exc:
+                self._set_connected(False, str(exc))
+                raise
+            break
         self._set_connected(True)
+        if answer[0] == 401 and tls is not None and tls.on_refused is not None:
+            tls.on_refused(error_message(answer[1]))
         return answer
 
     def _set_connected(self, connected: bool, why: str = "") -> None:
@@ -575,6 +635,15 @@ class Agent:
             return  # the next resync after reconnecting sends it again
         if status != 200:
             log.warning("ack for %s answered %d %s", version, status, _excerpt(answer))
+
+
+def error_message(body: bytes) -> str:
+    """The message of the control plane's error document, else the start of the body."""
+    try:
+        doc = msgspec.json.decode(body)
+        return str(doc["error"]["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return _excerpt(body)
 
 
 def _peek_version(body: bytes) -> str:

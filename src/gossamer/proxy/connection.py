@@ -27,10 +27,12 @@ from gossamer.http.http1 import (
 )
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
+from gossamer.proxy.accesslog import CLIENT_DISCONNECTED
 from gossamer.proxy.exchange import Exchange
 from gossamer.telemetry.metrics import CounterChild
 
 if TYPE_CHECKING:
+    from gossamer.proxy.accesslog import AccessLog
     from gossamer.proxy.dataplane import Listener
 
 log = logging.getLogger("gossamer.proxy.connection")
@@ -50,24 +52,33 @@ _INTERNAL_FLAG: str = getattr(flags, "INTERNAL_ERROR", flags.UPSTREAM_RESET)
 _random_bits = random.Random().getrandbits
 
 
-class DownstreamConnection(asyncio.Protocol):
+# A BaseProtocol with `data_received`, not an `asyncio.Protocol`: uvloop hands decrypted bytes to a
+# subclass that adds `get_buffer` (the TLS one) through that buffer only if it is no `Protocol`.
+class DownstreamConnection(asyncio.BaseProtocol):
     """One client connection; see the module docstring."""
 
     __slots__ = (
+        "_source_address",
+        "access",
         "backlog",
+        "bytes_received",
+        "bytes_sent",
         "client_ip",
         "closed",
         "corked",
         "exchange",
+        "head",
         "head_started",
         "http10",
         "idle_since",
         "keep_alive",
         "listener",
         "loop",
+        "original",
         "out",
         "out_chunked",
         "parser",
+        "peer",
         "peer_requests",
         "peer_spiffe_id",
         "read_paused",
@@ -115,13 +126,23 @@ class DownstreamConnection(asyncio.Protocol):
         self.head_started = 0.0
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        # The access log (proxy/accesslog.py), None when off: then a request pays one `is None`
+        # test for it, plus the stores and byte counts below that it reads.
+        self.access: AccessLog | None = listener.access_log
+        self.head: RequestHead | None = None  # the request in flight (or last answered)
+        # (head, host, path, query) as received, kept only when a route filter rewrites them.
+        self.original: tuple[RequestHead, bytes, bytes, bytes] | None = None
+        self.bytes_received = 0  # this request's body bytes, and its response's
+        self.bytes_sent = 0
+        self.peer: object = None
+        self._source_address: str | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        peer = self.peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode("ascii", "replace")
             self.xff_field = (b"x-forwarded-for", self.client_ip)
@@ -166,6 +187,8 @@ class DownstreamConnection(asyncio.Protocol):
             self.timer = None
         exchange = self.exchange
         if exchange is not None:
+            if not self.resp_done and self.access is not None:
+                self.access.request(self, getattr(exchange, "status", 0), CLIENT_DISCONNECTED)
             self.exchange = None
             exchange.on_downstream_lost()
         listener.on_connection_closed()
@@ -190,6 +213,8 @@ class DownstreamConnection(asyncio.Protocol):
         # The start of a request is inlined here: it runs once per request, and a call layer
         # less is measurable at these rates.
         listener = self.listener
+        self.head = head
+        self.bytes_received = self.bytes_sent = 0
         self.head_started = 0.0
         self.req_done = body_length == 0
         self.resp_done = False
@@ -255,6 +280,7 @@ class DownstreamConnection(asyncio.Protocol):
                 self._start_local(flags.REDIRECT, "redirected", status, ((b"location", location),))
                 return
             if route.request_filters:
+                self.original = (head, head.host, head.path, head.query)
                 route.apply_request(head)
             backend = route.pick_backend(listener.rand())
             if backend is None:
@@ -265,6 +291,8 @@ class DownstreamConnection(asyncio.Protocol):
                 )
                 return
             if backend.request_filters:
+                if not route.request_filters:
+                    self.original = (head, head.host, head.path, head.query)
                 backend.apply_request(head)
             cluster = tables.clusters[backend.cluster]
             plan = tables.plans.get(id(route.rule))
@@ -306,6 +334,7 @@ class DownstreamConnection(asyncio.Protocol):
         if self.backlog is not None:
             self._queue(1, data, 0, False)
         elif self.exchange is not None:
+            self.bytes_received += len(data)
             self.exchange.on_request_body(data)
 
     def on_request_end(self) -> None:
@@ -363,6 +392,7 @@ class DownstreamConnection(asyncio.Protocol):
     def send_response_body(self, data: bytes) -> None:
         if not data:
             return
+        self.bytes_sent += len(data)
         if self.corked:
             if self.out_chunked:
                 self.out += (chunk_prefix(len(data)), data, CRLF)
@@ -383,6 +413,9 @@ class DownstreamConnection(asyncio.Protocol):
                 self.out.append(LAST_CHUNK)
             elif self.transport is not None:
                 self.transport.write(LAST_CHUNK)
+        access = self.access
+        if access is not None:
+            access.request(self, getattr(self.exchange, "status", 0), None)
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -414,6 +447,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.out.append(data)
         elif self.transport is not None:
             self.transport.write(data)
+        access = self.access
+        if access is not None:
+            self.bytes_sent += len(data) - data.find(b"\r\n\r\n") - 4  # the body only
+            access.request(self, status or flags.STATUS.get(flag, 500), flag)
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -433,7 +470,11 @@ class DownstreamConnection(asyncio.Protocol):
             if transport is not None and not transport.is_closing():
                 transport.write(data)
 
-    def abort_response(self) -> None:
+    def abort_response(self, flag: str = flags.UPSTREAM_RESET) -> None:
+        """Cut the connection: part of a response went out and the rest never will (`flag`
+        says why, in the access log)."""
+        if self.access is not None and not self.resp_done:
+            self.access.request(self, getattr(self.exchange, "status", 0), flag)
         self.exchange = None
         self.out.clear()
         if self.transport is not None:
@@ -518,6 +559,8 @@ class DownstreamConnection(asyncio.Protocol):
     def _header_timeout(self) -> None:
         timeout = self.listener.settings.header_timeout
         self.request_id = b"%032x" % _random_bits(128)  # the unfinished request's, not the last
+        self.head = None
+        self.bytes_received = self.bytes_sent = 0
         self.listener.none_stats.count(flags.STATUS[flags.HEADER_TIMEOUT], 0.0)
         self.req_done = True
         self.backlog = None
@@ -526,6 +569,17 @@ class DownstreamConnection(asyncio.Protocol):
             f"the request head was not complete within the {timeout:g}s header timeout",
             close=True,
         )
+
+    def source_address(self) -> str | None:
+        """The client's "ip:port" ("[ip]:port" for IPv6), formatted once per connection."""
+        address = self._source_address
+        if address is None:
+            peer = self.peer
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                host = str(peer[0])
+                address = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+                self._source_address = address
+        return address
 
     def close_if_idle(self) -> bool:
         """Close now if no request is under way (used by drain)."""
@@ -544,11 +598,13 @@ class DownstreamConnection(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         exchange = self.exchange
         if exchange is not None and exchange is not _DISCARD and exchange.response_started:
-            self.abort_response()
+            self.abort_response(flags.BAD_REQUEST)
             return
         if exchange is not None:
-            self.exchange = None
-            exchange.on_downstream_lost()
+            exchange.on_downstream_lost()  # the access log still reads the exchange below
+        else:
+            self.head = None  # the unparsable head is not the last request's
+            self.bytes_received = self.bytes_sent = 0
         flag = flags.HEADERS_TOO_LARGE if exc.status == 431 else flags.BAD_REQUEST
         self.listener.none_stats.count(exc.status, 0.0)
         self.req_done = True
@@ -557,15 +613,15 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _internal_error(self) -> None:
         exchange = self.exchange
-        self.exchange = None
         if exchange is not None:
             exchange.on_downstream_lost()
             if exchange.response_started:
-                self.abort_response()
+                self.abort_response(_INTERNAL_FLAG)
                 return
         self.req_done = True
         self.backlog = None
         self.send_local(_INTERNAL_FLAG, "internal error in the proxy", 500, close=True)
+        self.exchange = None
 
 
 class _Discard:

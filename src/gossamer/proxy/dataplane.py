@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gossamer import snapshot as snap
 from gossamer.filters.authz import AuthzCompileError
 from gossamer.proxy import failfast
+from gossamer.proxy.accesslog import AccessLog, AccessLogError, open_target
 from gossamer.proxy.authorize import Authorizer
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
@@ -41,6 +42,8 @@ class ProxySettings:
     default_host: str | None = None  # route unmatched hosts as if they named this service
     drain_timeout: float = 5.0
     backlog: int = 1024
+    access_log: str | None = None  # a file, or "-" for stdout; None: no access log
+    access_log_sample: float = 1.0  # share of ordinary requests logged (see proxy/accesslog.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class Listener:
         self.timer_period = max(0.001, min(s.header_timeout, s.downstream_idle_timeout))
         self.server: asyncio.AbstractServer | None = None
         self.acceptor: InboundAcceptor | None = None  # the inbound listener's (mTLS modes)
+        self.access_log: AccessLog | None = None  # set by DataPlane.start when configured
 
     def protocol(self) -> DownstreamConnection:
         return DownstreamConnection(self)
@@ -128,13 +132,37 @@ class DataPlane:
         self.inbound = Listener(self, "inbound")
         self.outbound = Listener(self, "outbound")
         self.inbound.acceptor = InboundAcceptor(self.inbound, self.tls)
+        self.access_log: AccessLog | None = None
+
+    def _open_access_log(self) -> None:
+        """Raises AccessLogError: the configured file cannot be opened."""
+        target = self.settings.access_log
+        if target is None or self.access_log is not None:
+            return
+        if not 0.0 < self.settings.access_log_sample <= 1.0:
+            raise AccessLogError(
+                f"--access-log-sample {self.settings.access_log_sample!r} is not in (0, 1]"
+            )
+        lines = self.metrics.access_log_lines
+        access = AccessLog(
+            self.loop,
+            open_target(target),
+            sample=self.settings.access_log_sample,
+            rand=self.rand.random,
+            own_identity=lambda: self.tls.own_id,
+            written=lines.labels("written"),
+            dropped=lines.labels("dropped"),
+        )
+        self.access_log = self.inbound.access_log = self.outbound.access_log = access
 
     async def start(self) -> BoundAddresses:
-        """Bind both listeners; returns the addresses really bound.
+        """Open the access log, if any, and bind both listeners; returns the addresses bound.
 
         Raises:
+            AccessLogError: the access log cannot be opened (nothing is bound).
             OSError: a listener cannot bind (the message names which and where).
         """
+        self._open_access_log()
         addresses = []
         for listener, address in (
             (self.inbound, self.settings.inbound),
@@ -347,6 +375,11 @@ class DataPlane:
                 await listener.server.wait_closed()
             if listener.acceptor is not None:
                 await listener.acceptor.wait_closed()
+        if self.access_log is not None:
+            # Connections aborted above log their cut-off requests in connection_lost, which
+            # the loop calls soon after the abort: let it run, then write and close.
+            await asyncio.sleep(0)
+            await self.access_log.close()
 
 
 def split_address(address: str) -> tuple[str, int]:

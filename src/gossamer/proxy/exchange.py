@@ -143,6 +143,7 @@ class Exchange:
         "held_head",
         "held_length",
         "held_size",
+        "last_conn",
         "loop",
         "plan",
         "pool",
@@ -193,6 +194,7 @@ class Exchange:
         # A body larger than the buffer cannot be replayed; Content-Length tells us up front.
         self.retriable = body_length <= buffer_limit
         self.upstream: UpstreamConnection | None = None
+        self.last_conn: UpstreamConnection | None = None  # of the last try (the access log's)
         self.pool: EndpointPool | None = None
         self.waiting_pool: EndpointPool | None = None  # set while queued in cluster.pending
         self.awaiting = False  # a connection is being opened for the current try
@@ -273,7 +275,7 @@ class Exchange:
         self._fail_try(CONNECT_FAILURE, reason)
 
     def _send(self, conn: UpstreamConnection, reused: bool) -> None:
-        self.upstream = conn
+        self.upstream = self.last_conn = conn
         self.reused = reused
         conn.start(self, self.head.method)
         if self.cluster.track_load:

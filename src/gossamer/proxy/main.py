@@ -19,6 +19,7 @@ import msgspec
 
 from gossamer import snapshot as snapshot_mod
 from gossamer.files import write_atomically
+from gossamer.proxy.accesslog import AccessLogError
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.agent import Agent, AgentMetrics, Registration, SnapshotHolder
 from gossamer.proxy.cache import CacheError, SnapshotCache
@@ -71,6 +72,8 @@ class ProxyOptions:
     # A static SVID (with a static Snapshot): files that something else issues and renews.
     svid_cert: Path | None = None
     svid_key: Path | None = None
+    access_log: str | None = None  # a file, or "-" for stdout; None: off
+    access_log_sample: float = 1.0
     # From $GOSSAMER_BOOTSTRAP_TOKEN only (never a flag); single use; never logged or shown.
     bootstrap_token: str | None = field(default=None, repr=False)
 
@@ -100,6 +103,8 @@ def real_dataplane(
         header_timeout=options.header_timeout,
         default_host=options.default_host,
         drain_timeout=options.drain_timeout,
+        access_log=options.access_log,
+        access_log_sample=options.access_log_sample,
     )
     dataplane: DataPlaneLike = DataPlane(loop, settings, registry)
     return dataplane
@@ -208,6 +213,8 @@ class ProxyProcess:
             self._dataplane = dataplane
             bound_admin = await self.admin.start(admin_host, admin_port)
             self._admin_started = True
+        except AccessLogError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"cannot bind listeners: {exc.strerror or exc}") from None
         self.addresses = {
@@ -317,6 +324,7 @@ class ProxyProcess:
                 on_svid=dataplane.set_svid,
                 metrics=IdentityMetrics(self.registry),
                 prefix=prefix,
+                ca_bundle_path=opts.ca_bundle,
             )
         except IdentityError as exc:
             raise StartupError(str(exc)) from None
@@ -330,16 +338,16 @@ class ProxyProcess:
         assert agent is not None
         try:
             await identity.acquire()
+            self._readiness_changed()
+            agent.start()
+            await identity.run()
         except IdentityError as exc:
-            # Nothing this run can change (a spent or unknown token): exit non-zero so that a
-            # supervisor starts it again, with a new token.
+            # Nothing this run can change (a spent or unknown token, or an SVID the mesh no longer
+            # trusts after a rotation it missed): exit non-zero so that a supervisor starts it
+            # again, with a new token.
             log.error("%s", exc)
             self.exit_code = 1
             self.request_quit()
-            return
-        self._readiness_changed()
-        agent.start()
-        await identity.run()
 
     @staticmethod
     def _load_static_svid(dataplane: DataPlaneLike, cert: Path, key: Path) -> None:

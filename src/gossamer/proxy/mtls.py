@@ -34,7 +34,7 @@ from cryptography import x509
 
 from gossamer.proxy import flags
 from gossamer.proxy.connection import DownstreamConnection
-from gossamer.proxy.upstream import TlsConnectError
+from gossamer.proxy.upstream import TlsConnectError, TlsReadBuffer
 from gossamer.security.bundle import BundleError, TrustBundle, VerifyError, svid_spiffe_id
 from gossamer.security.tls import (
     PeerIdentityError,
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossamer.proxy.mtls")
 
-_P = TypeVar("_P", bound=asyncio.Protocol)
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a handshake (ClientHello)
 LOG_INTERVAL = 5.0  # at most one handshake-failure line per direction per this many seconds
@@ -175,6 +175,8 @@ class ResumingContext(ssl.SSLContext):
         if last is not None:
             session = last.session
             if session is not None and session.has_ticket:
+                if len(sessions) >= MAX_SESSIONS and name not in sessions:
+                    sessions.clear()  # the same crude bound as `remember`
                 sessions[name] = session
         return cast("ssl.SSLSession | None", sessions.get(name))
 
@@ -407,34 +409,49 @@ class OutboundTls:
 
     def verify(self, transport: asyncio.BaseTransport | None, address: str) -> str | None:
         """Check the server's SPIFFE ID; None when allowed, else the reason (counted, logged)."""
+        return self.verified_peer(transport, address)[0]
+
+    def verified_peer(
+        self, transport: asyncio.BaseTransport | None, address: str
+    ) -> tuple[str | None, str | None]:
+        """`verify`, also returning the server's SPIFFE ID once allowed: (refusal, peer id)."""
         state = self.state
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is None:
             state.count_handshake("outbound", "closed")
-            return f"TLS to {address}: the connection closed right after the handshake"
+            return f"TLS to {address}: the connection closed right after the handshake", None
         try:
-            check_peer(ssl_object, self.identities)
+            peer = check_peer(ssl_object, self.identities)
         except PeerIdentityError as exc:
             result = "peer-not-allowed" if str(exc).startswith("peer spiffe://") else "bad-identity"
             state.count_handshake("outbound", result)
             reason = f"TLS to {address}: {exc}"
             state.outbound_log.warning(result, f"outbound {reason} (cluster {self.cluster})")
-            return reason
+            return reason, None
         resumed = ssl_object.session_reused
         state.count_handshake("outbound", "resumed" if resumed else "ok")
         ctx = ssl_object.context
         if isinstance(ctx, ResumingContext) and ssl_object.server_hostname:
             ctx.remember(ssl_object.server_hostname, ssl_object)
-        return None
+        return None, str(peer)
 
 
 # --- inbound --------------------------------------------------------------------------------------
 
 
-class MtlsDownstreamConnection(DownstreamConnection):
-    """An inbound connection that completed the mTLS handshake: it knows its peer's identity."""
+class MtlsDownstreamConnection(DownstreamConnection, asyncio.BufferedProtocol):
+    """An inbound connection that completed the mTLS handshake: it knows its peer's identity.
+
+    It reads through `TlsReadBuffer` (see there: uvloop's TLS transport would allocate 256 KiB per
+    read for a plain Protocol)."""
 
     __slots__ = ("_state", "rejected")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return TlsReadBuffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(TlsReadBuffer.view[:nbytes]))
 
     def __init__(self, listener: Listener, state: TlsState) -> None:
         super().__init__(listener)

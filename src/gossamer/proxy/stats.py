@@ -102,6 +102,12 @@ class DataPlaneMetrics:
             "('none' for plaintext).",
             ("peer",),
         )
+        self.access_log_lines: Counter = registry.counter(
+            "gossamer_proxy_access_log_lines_total",
+            "Access log lines, by result: 'written', or 'dropped' (a failed write, such as a "
+            "full disk, or more than 8 MiB waiting on a stuck writer).",
+            ("result",),
+        )
 
 
 class ListenerStats:

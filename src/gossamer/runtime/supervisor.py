@@ -158,6 +158,7 @@ def sidecar_argv(
     ready: Path,
     state_dir: Path,
     ca_bundle: str | None = None,
+    access_log: Path | None = None,
 ) -> list[str]:
     argv = [
         *gossamer,
@@ -187,7 +188,14 @@ def sidecar_argv(
         argv += ["--label", f"{key}={value}"]
     if replica.readiness_path:
         argv += ["--readiness-path", replica.readiness_path]
+    if access_log is not None:
+        argv += ["--access-log", str(access_log)]
     return argv
+
+
+def access_log_path(logs: Path, proxy_id: str) -> Path:
+    """Where a sidecar of the mesh writes its access log: beside the processes' own logs."""
+    return logs / f"{proxy_id}.access.log"
 
 
 def host_port(url: str) -> str:
@@ -218,8 +226,11 @@ def publish_argv(
     ready: Path,
     state_dir: Path,
     ca_bundle: str | None = None,
+    access_log: Path | None = None,
 ) -> list[str]:
     extra = ["--ca-bundle", ca_bundle] if ca_bundle else []
+    if access_log is not None:
+        extra += ["--access-log", str(access_log)]
     if pub.service_account:
         extra += ["--service-account", pub.service_account]
     return [
@@ -364,6 +375,7 @@ class Supervisor:
                     state.ready_file(rp.proxy_name),
                     state.proxy_dir(rp.name),
                     self.ca_bundle,
+                    access_log_path(state.logs, rp.name),
                 ),
                 self._env,
                 state.log_path(rp.proxy_name),
@@ -398,6 +410,7 @@ class Supervisor:
                     state.ready_file(pp.proxy_id),
                     state.proxy_dir(pp.proxy_id),
                     self.ca_bundle,
+                    access_log_path(state.logs, pp.proxy_id),
                 ),
                 self._env,
                 state.log_path(pp.proxy_id),

@@ -1,0 +1,247 @@
+"""The access log on real DataPlanes (in-process, uvloop, 127.0.0.1:0) and in `gossamer proxy`.
+
+Sidecars with mTLS come from test_mtls_support.py (a real test CA); each writes its own access log
+file, read after `drain` (which writes what is buffered and closes the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from test_dataplane import (
+    Backend,
+    Client,
+    Seen,
+    cluster,
+    dead_address,
+    echo,
+    ok,
+    run,
+    snapshot,
+    start_dataplane,
+    vhost,
+    wait_until,
+)
+from test_mtls_support import make_pki, sidecar, spiffe
+
+from gossamer import snapshot as snap
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n".encode()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identities(
+    tmp_path: Path,
+) -> None:
+    """frontend -> mTLS -> pricing: the caller's line names the server's verified identity, the
+    server's line the caller's; both carry the same requestId and traceId."""
+
+    async def main() -> None:
+        pki = make_pki(tmp_path / "pki")
+        app = await Backend(echo).start()
+        in_log, out_log = tmp_path / "pricing.access.log", tmp_path / "frontend.access.log"
+        pricing, pricing_in, _, _ = await sidecar(
+            pki, "pricing", "STRICT", app_port=app.port, access_log=str(in_log)
+        )
+        front, _, out, _ = await sidecar(
+            pki,
+            "frontend",
+            "STRICT",
+            vhosts=[vhost("pricing")],
+            clusters=[cluster("pricing", [pricing_in])],
+            identities={"pricing": [spiffe("pricing")]},
+            access_log=str(out_log),
+        )
+        client = await Client.open(out)
+        r = await client.request(b"/prices/1?x=%20y", b"pricing", b"POST", b"hello", TRACEPARENT)
+        assert r.status == 200
+        await front.drain(1.0)
+        await pricing.drain(1.0)
+        [outbound] = read_log(out_log)
+        [inbound] = read_log(in_log)
+        seen_rid = r.header(b"x-seen-rid")
+        assert seen_rid is not None
+        assert outbound["requestId"] == inbound["requestId"] == seen_rid.decode()
+        assert outbound["traceId"] == inbound["traceId"] == TRACE
+        assert outbound["direction"] == "outbound"
+        assert outbound["sourceIdentity"] == spiffe("frontend")
+        assert outbound["destinationIdentity"] == spiffe("pricing")
+        assert outbound["upstreamCluster"] == "pricing.default"
+        assert outbound["upstreamEndpoint"] == pricing_in
+        assert inbound["direction"] == "inbound"
+        assert inbound["sourceIdentity"] == spiffe("frontend")
+        assert inbound["destinationIdentity"] == spiffe("pricing")
+        assert inbound["upstreamEndpoint"] == app.address
+        for line in (outbound, inbound):
+            assert line["method"] == "POST"
+            assert line["authority"] == "pricing"
+            assert line["path"] == "/prices/1?x=%20y"
+            assert line["protocol"] == "HTTP/1.1"
+            assert line["status"] == 200
+            assert line["flags"] is None
+            assert line["attempts"] == 1
+            assert line["bytesReceived"] == 5
+            assert line["bytesSent"] == 5
+            assert line["durationMs"] >= 0.0
+            assert line["time"].endswith("Z")
+        assert outbound["sourceAddress"].startswith("127.0.0.1:")
+        assert outbound["durationMs"] >= inbound["durationMs"]
+
+    run(main())
+
+
+def test_local_responses_are_logged_with_their_flag(tmp_path: Path) -> None:
+    async def main() -> None:
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [dead_address()])]),
+            access_log=str(log_file),
+        )
+        client = await Client.open(out)
+        not_found = await client.request(b"/nowhere", b"unknown-host")
+        assert not_found.status == 404
+        assert (await client.request(b"/", b"pricing")).status == 503
+        await dp.drain(1.0)
+        no_route, refused = read_log(log_file)
+        assert (no_route["status"], no_route["flags"]) == (404, "no-route")
+        assert no_route["authority"] == "unknown-host"
+        assert no_route["upstreamCluster"] is None
+        assert no_route["attempts"] == 0
+        assert no_route["bytesSent"] == len(not_found.body) > 0
+        assert (refused["status"], refused["flags"]) == (503, "connect-failure")
+        assert refused["upstreamCluster"] == "pricing.default"
+        assert refused["attempts"] == 1
+        assert refused["sourceIdentity"] is None  # no SVID: plaintext, static snapshot
+        assert refused["destinationIdentity"] is None
+
+    run(main())
+
+
+def test_sampling_never_drops_errors_or_flagged_responses(tmp_path: Path) -> None:
+    """At 1% sampling, every 5xx and every local response is still logged."""
+
+    def handler(seen: Seen) -> bytes:
+        if seen.url.startswith(b"/fail"):
+            return b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+        return ok()
+
+    async def main() -> None:
+        app = await Backend(handler).start()
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
+            access_log=str(log_file),
+            access_log_sample=0.01,
+        )
+        client = await Client.open(out)
+        for i in range(200):
+            r = await client.request(b"/ok", b"pricing")
+            assert r.status == 200
+            if i % 20 == 0:
+                assert (await client.request(b"/fail/%d" % i, b"pricing")).status == 500
+                assert (await client.request(b"/", b"nobody")).status == 404
+        await dp.drain(1.0)
+        records = read_log(log_file)
+        failed = [r["path"] for r in records if r["status"] == 500]
+        assert failed == [f"/fail/{i}" for i in range(0, 200, 20)]
+        assert len([r for r in records if r["flags"] == "no-route"]) == 10
+        assert len([r for r in records if r["status"] == 200]) < 20  # ~2 of 200 expected
+
+    run(main())
+
+
+def test_a_request_the_client_abandons_is_logged(tmp_path: Path) -> None:
+    async def main() -> None:
+        app = await Backend(lambda seen: None).start()  # never answers
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
+            access_log=str(log_file),
+        )
+        client = await Client.open(out)
+        client.send(b"GET /slow HTTP/1.1\r\nhost: pricing\r\n\r\n")
+        for _ in range(400):  # until the request reached the app (5 ms steps, 2 s at most)
+            if app.seen:
+                break
+            await asyncio.sleep(0.005)
+        assert app.seen
+        # A reset, as from a killed client: a plain close would be a half-close, which still
+        # waits for the response.
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        await wait_until(lambda: dp.open_connections() == 0)  # the proxy saw it go
+        await dp.drain(1.0)
+        [record] = read_log(log_file)
+        assert (record["status"], record["flags"]) == (0, "client-disconnected")
+        assert record["path"] == "/slow"
+        assert record["upstreamEndpoint"] == app.address
+
+    run(main())
+
+
+def test_many_requests_are_all_in_the_file_after_drain(tmp_path: Path) -> None:
+    async def main() -> None:
+        app = await Backend(echo).start()
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
+            access_log=str(log_file),
+        )
+        clients = [await Client.open(out) for _ in range(4)]
+
+        async def load(client: Client, n: int) -> None:
+            for i in range(n):
+                assert (await client.request(b"/%d" % i, b"pricing")).status == 200
+
+        await asyncio.gather(*(load(c, 250) for c in clients))
+        await dp.drain(1.0)
+        records = read_log(log_file)
+        assert len(records) == 1000
+        assert len({r["requestId"] for r in records}) == 1000
+
+    run(main())
+
+
+def test_gossamer_proxy_with_an_unwritable_access_log_fails_with_one_line(tmp_path: Path) -> None:
+    snap_file = tmp_path / "snapshot.json"
+    snap_file.write_bytes(snap.encode(snapshot([], [])))
+    target = tmp_path / "no-such-dir" / "access.log"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gossamer.cli.main",
+            "proxy",
+            "--service",
+            "web",
+            "--proxy-id",
+            "web-0",
+            "--snapshot",
+            str(snap_file),
+            "--access-log",
+            str(target),
+        ],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(lines) == 1, err
+    assert lines[0].endswith(
+        f"--access-log {target}: cannot open for writing: No such file or directory"
+    )
