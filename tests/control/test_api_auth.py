@@ -290,7 +290,8 @@ async def test_operator_token_is_not_a_bootstrap_token(rig: Rig) -> None:
 
 async def test_proxy_calls_need_an_svid_never_a_token(tmp_path: Path) -> None:
     """Without a client SVID every proxy call is 401, whatever bearer token comes with it;
-    operators may still read the snapshot built for a proxy."""
+    operators may still read the snapshot built for a proxy (and remove a registration: see
+    test_api_registrations.py)."""
     cp = await open_cp(tmp_path, FakeClock())
     transport = httpx.ASGITransport(app=ActAsProxy(create_app(cp), cp))
     admin = {"authorization": "Bearer " + cp.admin_token_file.read_text().strip()}
@@ -306,7 +307,8 @@ async def test_proxy_calls_need_an_svid_never_a_token(tmp_path: Path) -> None:
                 ("DELETE", "/v1/proxies/p", None),
                 ("GET", "/v1/proxies/p/snapshot", None),
             ]:
-                headers = no_cert if method != "GET" else {"x-test-peer": ""}
+                # Without a token: an operator's DELETE needs one (the token case is allowed).
+                headers = no_cert if method == "POST" else {"x-test-peer": ""}
                 resp = await client.request(method, path, headers=headers, json=body)
                 message = error_of(resp, 401, "unauthenticated")
                 assert "needs the proxy's SVID as a TLS client certificate" in message

@@ -10,7 +10,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gossamer.control.registry import Registration, Registry, registry_key
+from gossamer.control.registry import (
+    Registration,
+    RegistrationLimitError,
+    Registry,
+    registry_key,
+)
 from gossamer.control.store.sqlite import SqliteStore
 
 
@@ -178,3 +183,56 @@ async def test_run_loop_marks_silent_proxy_unhealthy(store: SqliteStore) -> None
 def test_bad_ttl_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ttl must be positive"):
         Registry(None, ttl=0, clock=time.time)  # type: ignore[arg-type]
+
+
+async def test_a_silent_registration_expires_and_is_removed(store: SqliteStore) -> None:
+    """20 x ttl (at least 60 s) after its last heartbeat a registration is gone, store too."""
+    clock = FakeClock()
+    registry = Registry(store, ttl=3.0, clock=clock)
+    assert registry.expire_after == 60.0
+    assert Registry(store, ttl=10.0, clock=clock).expire_after == 200.0
+    await registry.register(reg("gone"))
+    await registry.register(reg("alive"))
+    clock.now += 59
+    assert await registry.heartbeat("alive")
+    assert registry.next_removal() == clock.now + 1
+    assert await registry.expire() == []
+    clock.now += 1
+    assert await registry.expire() == ["gone"]
+    assert registry.get("gone") is None
+    assert await store.get(registry_key("gone")) is None
+    assert registry.get("alive") is not None
+    with pytest.raises(ValueError, match="longer than the heartbeat ttl"):
+        Registry(store, ttl=3.0, clock=clock, expire_after=3.0)
+
+
+async def test_the_registry_task_removes_expired_registrations(store: SqliteStore) -> None:
+    registry = Registry(store, ttl=0.05, clock=time.time, expire_after=0.2)
+    await registry.register(reg())
+    task = asyncio.create_task(registry.run())
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while registry.get("pricing-0") is not None:
+            assert loop.time() < end, "the registration did not expire within 5s"
+            await asyncio.sleep(0.01)
+        assert await store.get(registry_key("pricing-0")) is None
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_one_identity_holds_a_bounded_number_of_registrations(store: SqliteStore) -> None:
+    registry = Registry(store, ttl=3.0, clock=FakeClock(), max_per_identity=2)
+    mine = "spiffe://gossamer.local/ns/default/sa/pricing"
+    for i in range(2):
+        await registry.register(msgspec.structs.replace(reg(f"p-{i}"), identity=mine))
+    # Re-registering an id it holds is no new registration.
+    await registry.register(msgspec.structs.replace(reg("p-1", ready=False), identity=mine))
+    with pytest.raises(RegistrationLimitError, match="already holds 2 proxy registrations"):
+        await registry.register(msgspec.structs.replace(reg("p-2"), identity=mine))
+    assert registry.get("p-2") is None
+    other = "spiffe://gossamer.local/ns/default/sa/web"
+    await registry.register(msgspec.structs.replace(reg("w-0"), identity=other))
+    assert registry.count_identity(mine) == 2

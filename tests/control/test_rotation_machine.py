@@ -191,22 +191,50 @@ async def test_a_rotation_waits_for_every_proxy_then_retires_the_old_root(
     assert again.old == new
 
 
-async def test_unhealthy_proxies_are_not_waited_for_and_an_empty_mesh_rotates_at_once(
+async def test_unhealthy_proxies_are_waited_for_until_their_registration_expires(
     rig: Rig,
 ) -> None:
+    """An unhealthy proxy may still serve with the old bundle: the new CA does not issue until
+    it ACKs, or until its registration expires (it is gone); an empty mesh then rotates."""
     old = rig.ca.signer_fingerprint()
     await rig.register("down", old, ready=False)
     rotation, _ = await rig.ca.start_rotation()
     rig.push()
     await rig.ca.step()
-    # The bundle phase skips the unready proxy; the SVID phase waits for its old SVID.
     assert rig.ca.rotation is not None
-    assert rig.ca.rotation.phase == "reissuing"
+    assert rig.ca.rotation.phase == "distributing"
     assert rig.ca.pending() == ["down"]
-    await rig.cp.registry.deregister("down")
+    status = rig.ca.status(rig.cp.registry, rig.cp.distributor)
+    assert status["rotation"]["pending"] == ["down"]
+
+    # Silent for less than the expiry: still registered, still waited for.
+    registry = rig.cp.registry
+    rig.clock.now += registry.expire_after - 1
+    assert await registry.expire() == []
+    await rig.ca.step()
+    assert rig.ca.rotation.phase == "distributing"
+    rig.clock.now += 1
+    assert await registry.expire() == ["down"]
+    assert registry.get("down") is None
     await rig.ca.step()
     assert rig.ca.rotation.phase == "done"
     assert rig.ca.signer_fingerprint() == rotation.new
+
+
+async def test_an_unready_proxy_that_heartbeats_acks_and_lets_the_rotation_go_on(
+    rig: Rig,
+) -> None:
+    old = rig.ca.signer_fingerprint()
+    await rig.register("warming", old, ready=False)
+    await rig.ca.start_rotation()
+    rig.push()
+    await rig.ca.step()
+    assert rig.ca.pending() == ["warming"]
+    rig.ack("warming")
+    await rig.ca.step()
+    assert rig.ca.rotation is not None
+    assert rig.ca.rotation.phase == "reissuing"
+    assert rig.ca.pending() == ["warming"]
 
 
 async def test_a_rotation_survives_a_restart(tmp_path: Path) -> None:

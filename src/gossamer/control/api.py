@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -26,7 +28,7 @@ from gossamer.config.validate import validate_apply
 from gossamer.control.api_ca import ca_router
 from gossamer.control.ca_service import CONTROL_PLANE_NAMESPACE
 from gossamer.control.distribute import UnknownProxyError
-from gossamer.control.registry import Registration, SvidStatus
+from gossamer.control.registry import Registration, RegistrationLimitError, SvidStatus
 from gossamer.control.resources import (
     RESOURCES_PREFIX,
     apply_resources,
@@ -34,7 +36,7 @@ from gossamer.control.resources import (
     resource_key,
     service_users,
 )
-from gossamer.control.tls_peer import PEER_ERROR_KEY, PEER_KEY
+from gossamer.control.tls_peer import PEER_ERROR_KEY, PEER_KEY, PEER_SVID_KEY, LeafFacts
 from gossamer.security.ca import CaError, CsrError
 from gossamer.security.spiffe import SpiffeId, SpiffeIdError
 from gossamer.security.tokens import Action, Role, TokenError, role_allows
@@ -53,6 +55,7 @@ _STATUS_CODES = {
     409: "conflict",
     413: "too_large",
     422: "invalid",
+    429: "too_many",
 }
 
 # Bounds on one request, so one client cannot stall the control plane (and with it every proxy's
@@ -61,6 +64,11 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_APPLY_RESOURCES = 5000
 MAX_DETAILS = 100
 _STOCK_PARSE_ERROR = "There was an error parsing the body"
+# The latest time a certificate can name (9999-12-31T23:59:59Z, X.509's GeneralizedTime limit):
+# a reported time past it, or nan/inf, would break every reader that turns it into a date.
+MAX_UNIX_TIME = 253402300799.0
+# A bootstrap token is a bearer secret for a first SVID: it lives minutes, an hour at most.
+MAX_BOOTSTRAP_TTL = 3600.0
 
 
 class ApiError(Exception):
@@ -175,7 +183,13 @@ class SvidRequest(_Body):
 class BootstrapTokenRequest(_Body):
     service_account: str = Field(min_length=1)
     namespace: str = "default"
-    ttl: float = Field(600.0, gt=0, le=86400, description="seconds until the token expires")
+    ttl: float = Field(
+        600.0,
+        gt=0,
+        le=MAX_BOOTSTRAP_TTL,
+        allow_inf_nan=False,
+        description="seconds until the token expires (at most an hour)",
+    )
 
 
 class OperatorTokenRequest(_Body):
@@ -186,10 +200,14 @@ class OperatorTokenRequest(_Body):
 class SvidReport(_Body):
     """The SVID a proxy serves with (its heartbeat reports it)."""
 
-    spiffe_id: str = Field(min_length=1)
-    serial: str = Field(min_length=1, description="hex")
-    not_after: float = Field(description="unix seconds")
-    signer: str = Field("", description="SHA-256 fingerprint (hex) of the issuing CA certificate")
+    spiffe_id: str = Field(min_length=1, max_length=2048)
+    serial: str = Field(min_length=1, max_length=64, description="hex")
+    not_after: float = Field(
+        ge=0, le=MAX_UNIX_TIME, allow_inf_nan=False, description="unix seconds"
+    )
+    signer: str = Field(
+        "", max_length=128, description="SHA-256 fingerprint (hex) of the issuing CA certificate"
+    )
 
     def status(self) -> SvidStatus:
         return SvidStatus(
@@ -361,15 +379,18 @@ class _Auth:
     def _check(self, scope: Scope) -> _Refusal | None:
         method: str = scope["method"]
         path: str = scope["path"]
-        if _PROXY_PROTOCOL.fullmatch(path):
+        proxy_call = _PROXY_PROTOCOL.fullmatch(path)
+        if proxy_call:
             if scope.get(PEER_KEY):
                 return None
-            # Operators may read the snapshot built for a proxy (`gossamer` shows it); every
-            # other proxy call is the proxy's own.
-            operator_read = (
-                method == "GET" and path.endswith("/snapshot") and _bearer(scope) is not None
+            # Operators may read the snapshot built for a proxy (`gossamer` shows it) and remove
+            # a registration (a squatted or stale proxy id, with the write role); every other
+            # proxy call is the proxy's own.
+            operator_call = _bearer(scope) is not None and (
+                (method == "GET" and path.endswith("/snapshot"))
+                or (method == "DELETE" and proxy_call.group(1) is None)
             )
-            if not operator_read:
+            if not operator_call:
                 return _Refusal(401, "unauthenticated", peer_refusal(scope, f"{method} {path}"))
         needed = required_action(method, path)
         if needed is None:
@@ -660,7 +681,9 @@ def create_app(
             "spiffeId": str(svid.spiffe_id),
             "chain": (svid.cert_pem + svid.chain_pem).decode("ascii"),
             "notAfter": svid.not_after.isoformat(),
-            "signer": cp.ca.signer_fingerprint(),
+            # The CA that signed it, recorded by the signing call: a rotation's switch of
+            # issuer may run while the token's use is written above.
+            "signer": svid.signer,
             "bundle": cp.ca.bundle_pem().decode("ascii"),
         }
 
@@ -779,10 +802,12 @@ def create_app(
                 422, "invalid", f"service {namespace}/{service} cannot have an identity: {exc}"
             ) from None
 
-    def caller(request: Request, proxy_id: str) -> str | None:
+    async def caller(request: Request, proxy_id: str) -> str | None:
         """The proxy's verified SPIFFE ID, checked against the one that registered `proxy_id`.
 
-        None: an operator (only the snapshot read lets one through `_Auth`).
+        The identity the service runs as NOW may take over a registration made by another one
+        (the Service's serviceAccount changed since). None: an operator (only the snapshot read
+        and the removal of a registration let one through `_Auth`).
         """
         peer: str | None = request.scope.get(PEER_KEY)
         if not peer:
@@ -791,14 +816,42 @@ def create_app(
         if reg is not None:
             owner = reg.identity or expected_identity(reg.service, reg.namespace)
             if peer != owner:
-                raise ApiError(
-                    403,
-                    "forbidden",
-                    f"proxy {proxy_id!r} is registered by {owner}; this client is {peer}",
+                expected = expected_identity(reg.service, reg.namespace)
+                if owner == expected or peer != expected:
+                    raise ApiError(
+                        403,
+                        "forbidden",
+                        f"proxy {proxy_id!r} is registered by {owner}; this client is {peer} "
+                        "(an operator can remove the registration: DELETE "
+                        f"/v1/proxies/{proxy_id})",
+                    )
+                log.info(
+                    "proxy %r: taken over by %s, the identity of service %s/%s now (was %s)",
+                    proxy_id,
+                    peer,
+                    reg.namespace,
+                    reg.service,
+                    owner,
                 )
+                try:
+                    await registry.register(msgspec.structs.replace(reg, identity=peer))
+                except RegistrationLimitError as exc:
+                    raise ApiError(429, "too_many", str(exc)) from None
         return peer
 
-    def reported_svid(report: SvidReport | None, peer: str | None) -> SvidStatus | None:
+    def reported_svid(
+        request: Request, report: SvidReport | None, peer: str | None
+    ) -> SvidStatus | None:
+        """The SVID the proxy connects with: read from its verified client certificate. The
+        body's report is only used without one (an in-process test client, no TLS)."""
+        facts = request.scope.get(PEER_SVID_KEY)
+        if isinstance(facts, LeafFacts):
+            return SvidStatus(
+                spiffe_id=facts.spiffe_id,
+                serial=facts.serial,
+                not_after=facts.not_after,
+                signer=facts.signer,
+            )
         if report is None:
             return None
         if report.spiffe_id != peer:
@@ -811,7 +864,7 @@ def create_app(
 
     @app.post("/v1/proxies/{proxy_id}/register")
     async def register(proxy_id: str, body: RegisterRequest, request: Request) -> dict[str, Any]:
-        peer = caller(request, proxy_id)
+        peer = await caller(request, proxy_id)
         expected = expected_identity(body.service, body.namespace)
         if peer != expected:
             raise ApiError(
@@ -820,23 +873,26 @@ def create_app(
                 f"this client's SVID is {peer}, but a proxy of service {body.namespace}/"
                 f"{body.service} must run as {expected}",
             )
-        await registry.register(
-            Registration(
-                proxy_id=proxy_id,
-                service=body.service,
-                namespace=body.namespace,
-                subset=body.subset,
-                labels=dict(body.labels),
-                zone=body.zone,
-                inbound=body.inbound,
-                outbound=body.outbound,
-                admin=body.admin,
-                app_port=body.app_port,
-                ready=body.ready,
-                svid=reported_svid(body.svid, peer),
-                identity=expected,
+        try:
+            await registry.register(
+                Registration(
+                    proxy_id=proxy_id,
+                    service=body.service,
+                    namespace=body.namespace,
+                    subset=body.subset,
+                    labels=dict(body.labels),
+                    zone=body.zone,
+                    inbound=body.inbound,
+                    outbound=body.outbound,
+                    admin=body.admin,
+                    app_port=body.app_port,
+                    ready=body.ready,
+                    svid=reported_svid(request, body.svid, peer),
+                    identity=expected,
+                )
             )
-        )
+        except RegistrationLimitError as exc:
+            raise ApiError(429, "too_many", str(exc)) from None
         distributor.touch(proxy_id)
         return {"heartbeatInterval": cp.heartbeat_interval}
 
@@ -844,9 +900,9 @@ def create_app(
     async def heartbeat(
         proxy_id: str, request: Request, body: HeartbeatRequest | None = None
     ) -> dict[str, Any]:
-        peer = caller(request, proxy_id)
+        peer = await caller(request, proxy_id)
         ready = body.ready if body is not None else None
-        svid = reported_svid(body.svid if body is not None else None, peer)
+        svid = reported_svid(request, body.svid if body is not None else None, peer)
         if not await registry.heartbeat(proxy_id, ready, svid):
             raise _unknown_proxy(proxy_id)
         distributor.touch(proxy_id)
@@ -860,7 +916,7 @@ def create_app(
         wait: float | None = Query(None, ge=0, le=300, description="long-poll seconds"),
     ) -> Response:
         """The proxy's Snapshot when its version differs from `version`, else 304 after `wait`."""
-        caller(request, proxy_id)
+        await caller(request, proxy_id)
         try:
             found = await distributor.poll(proxy_id, version or None, wait or 0.0)
         except UnknownProxyError:
@@ -871,7 +927,7 @@ def create_app(
 
     @app.post("/v1/proxies/{proxy_id}/ack")
     async def ack(proxy_id: str, body: AckRequest, request: Request) -> dict[str, Any]:
-        caller(request, proxy_id)
+        await caller(request, proxy_id)
         try:
             distributor.ack(proxy_id, body.version, body.status == "ACK", body.error)
         except UnknownProxyError:
@@ -880,9 +936,16 @@ def create_app(
 
     @app.delete("/v1/proxies/{proxy_id}")
     async def deregister(proxy_id: str, request: Request) -> dict[str, Any]:
-        caller(request, proxy_id)
+        """Remove a registration: the proxy's own (its SVID), or any (an operator's token with
+        the write role, which `_Auth` checked: a squatted or stale id)."""
+        peer = await caller(request, proxy_id)
+        operator = getattr(request.state, "operator", None)
+        if peer is None and operator is None:
+            raise ApiError(401, "unauthenticated", peer_refusal(request.scope, "DELETE"))
         if not await registry.deregister(proxy_id):
             raise _unknown_proxy(proxy_id)
+        if operator is not None and peer is None:
+            log.info("token %s removed the registration of proxy %r", operator.id, proxy_id)
         return {"proxyId": proxy_id}
 
     app.include_router(ca_router(cp))
@@ -895,7 +958,8 @@ def svid_item(svid: SvidStatus | None) -> dict[str, Any] | None:
     return {
         "spiffeId": svid.spiffe_id,
         "serial": svid.serial,
-        "notAfter": svid.not_after,
+        # A stored value from before reports were bounded must not break the whole listing.
+        "notAfter": svid.not_after if math.isfinite(svid.not_after) else None,
         "signer": svid.signer,
     }
 

@@ -158,6 +158,7 @@ class MeshCa:
         self._wake = asyncio.Event()
         self._stall_logged: tuple[str, str] | None = None
         self._trust = self._compute_trust()
+        self._issuers = self._compute_issuers()
 
     def __repr__(self) -> str:
         return f"MeshCa(trust_domain={self.trust_domain!r}, cas={len(self._cas)})"
@@ -274,8 +275,17 @@ class MeshCa:
         """The bundle and signer every proxy gets in its Snapshot."""
         return self._trust
 
+    def trusted_issuers(self) -> frozenset[str]:
+        """The fingerprints of every CA certificate in use (each CA and its chain up to its
+        root): a client SVID signed by one of them is still trusted. Cached: read per request."""
+        return self._issuers
+
     def sign_svid(self, csr_pem: bytes | str, spiffe_id: SpiffeId) -> Svid:
-        """A workload SVID for `spiffe_id` (which the caller proved); see `sign_csr`."""
+        """A workload SVID for `spiffe_id` (which the caller proved); see `sign_csr`.
+
+        The Svid's `signer` names the CA that signed it; read it there, not from
+        `signer_fingerprint()` later: a rotation may switch issuers in between.
+        """
         return self.ca.sign_csr(csr_pem, spiffe_id, ttl=self.svid_ttl, now=self._now())
 
     def warnings(self) -> list[str]:
@@ -331,7 +341,12 @@ class MeshCa:
             serialization.NoEncryption(),
         )
         write_private_file(serving.key_file, key_pem)
-        chain = cert.public_bytes(serialization.Encoding.PEM) + self.ca.chain_pem()
+        # The leaf, then every CA between it and the root (clients hold the root): with an
+        # operator's intermediate issuing, that is the intermediate itself and its parents.
+        issuers = (self.ca.cert, *self.ca.parents[:-1]) if self.ca.parents else ()
+        chain = cert.public_bytes(serialization.Encoding.PEM) + b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in issuers
+        )
         write_file_atomic(serving.cert_file, chain)
         if self._serving_hosts is None:
             # The first issue: the listener about to start serves these files.
@@ -663,8 +678,8 @@ class MeshCa:
                 "bundleAcked": bundle_acked(pstatus, bundle_pem),
                 "svid": None,
             }
-            if reg.svid is not None:
-                not_after = dt.datetime.fromtimestamp(reg.svid.not_after, dt.UTC)
+            not_after = _utc_or_none(reg.svid.not_after) if reg.svid is not None else None
+            if reg.svid is not None and not_after is not None:
                 item["svid"] = {
                     "spiffeId": reg.svid.spiffe_id,
                     "serial": reg.svid.serial,
@@ -727,6 +742,9 @@ class MeshCa:
                 seen.setdefault(fingerprint(cert), cert)
         return list(seen.values())
 
+    def _compute_issuers(self) -> frozenset[str]:
+        return frozenset(fingerprint(cert) for cert in self._ca_certificates())
+
     def _compute_trust(self) -> Trust:
         return Trust(bundle_pem=self.bundle_pem().decode("ascii"), signer=self.state.active)
 
@@ -737,6 +755,7 @@ class MeshCa:
     def _changed(self) -> None:
         """The bundle or the signer changed: tell every place that holds a copy."""
         self._trust = self._compute_trust()
+        self._issuers = self._compute_issuers()
         write_file_atomic(self.bundle_path, self.bundle_pem())
         for ctx in self._server_contexts:
             # Adds the new roots; OpenSSL cannot drop one from a live context, so a retired root
@@ -776,6 +795,15 @@ class MeshCa:
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _utc_or_none(ts: float) -> dt.datetime | None:
+    """`ts` as a datetime, or None when it is no time at all (nan, inf, out of range): a bad
+    value that reached the registry must not break the status of every other proxy."""
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _record(ca: CertificateAuthority, origin: Origin, now: float) -> AuthorityRecord:

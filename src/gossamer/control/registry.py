@@ -49,6 +49,23 @@ class Registration(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
 
 
 REGISTRY_PREFIX = "/registry/"
+# A registration whose heartbeats stopped this many TTLs ago (and at least EXPIRE_MIN seconds) is
+# removed: a proxy that is gone for good must not hold up a root rotation, nor its id forever.
+EXPIRE_TTLS = 20
+EXPIRE_MIN = 60.0
+# How many proxy ids one SPIFFE identity may hold: one SVID cannot fill the registry.
+DEFAULT_MAX_PER_IDENTITY = 256
+
+
+class RegistrationLimitError(Exception):
+    """An identity already holds as many registrations as it may; the message says how many."""
+
+
+def default_expire_after(ttl: float) -> float:
+    """How long after its last heartbeat a registration is removed, for heartbeat TTL `ttl`."""
+    return max(EXPIRE_TTLS * ttl, EXPIRE_MIN)
+
+
 _encoder = msgspec.json.Encoder(order="deterministic")
 _decoder = msgspec.json.Decoder(Registration)
 
@@ -64,13 +81,33 @@ class Registry:
     every watcher once a second per proxy); registrations and readiness changes are written. A
     heartbeat is fresh for `ttl` seconds of `clock` (unix seconds, injected so tests drive it);
     `sweep()` marks stale ones unhealthy and `run()` calls it on a loop timer at the next expiry.
+    A registration silent for `expire_after` seconds is removed (`expire()`, also from `run()`).
+    One identity may hold at most `max_per_identity` registrations.
     """
 
-    def __init__(self, store: Store, *, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+        expire_after: float | None = None,
+        max_per_identity: int = DEFAULT_MAX_PER_IDENTITY,
+    ) -> None:
         if ttl <= 0:
             raise ValueError(f"heartbeat ttl must be positive, got {ttl}")
+        expire_after = default_expire_after(ttl) if expire_after is None else expire_after
+        if expire_after <= ttl:
+            raise ValueError(
+                f"registration expiry must be longer than the heartbeat ttl ({ttl}), "
+                f"got {expire_after}"
+            )
+        if max_per_identity < 1:
+            raise ValueError(f"max registrations per identity must be >= 1, got {max_per_identity}")
         self._store = store
         self.ttl = ttl
+        self.expire_after = expire_after
+        self.max_per_identity = max_per_identity
         self._clock = clock
         self._entries: dict[str, Registration] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -123,12 +160,28 @@ class Registry:
         """
         return [reg for reg in self.endpoints(service) if reg.app_port]
 
+    def count_identity(self, identity: str) -> int:
+        """How many registrations `identity` holds."""
+        return sum(1 for reg in self._entries.values() if reg.identity == identity)
+
     async def register(self, registration: Registration) -> Registration:
-        """Add or replace a proxy's registration; it starts with a fresh heartbeat."""
+        """Add or replace a proxy's registration; it starts with a fresh heartbeat.
+
+        Raises:
+            RegistrationLimitError: a new proxy id for an identity that holds `max_per_identity`.
+        """
         reg = msgspec.structs.replace(
             registration, last_heartbeat=self._clock(), healthy=registration.ready
         )
         old = self._entries.get(reg.proxy_id)
+        if reg.identity and (old is None or old.identity != reg.identity):
+            held = self.count_identity(reg.identity)
+            if held >= self.max_per_identity:
+                raise RegistrationLimitError(
+                    f"{reg.identity} already holds {held} proxy registrations, the limit is "
+                    f"{self.max_per_identity}: deregister unused proxy ids first (or wait "
+                    f"{self.expire_after:g}s after their last heartbeat for them to expire)"
+                )
         if old is None or _persisted(old) != _persisted(reg):
             await self._store.put(registry_key(reg.proxy_id), _persisted(reg))
         self._entries[reg.proxy_id] = reg
@@ -182,19 +235,59 @@ class Registry:
             self._changed()
         return changed
 
+    async def expire(self) -> list[str]:
+        """Remove the registrations whose last heartbeat is `expire_after` old; their ids."""
+        now = self._clock()
+        gone = [
+            proxy_id
+            for proxy_id, reg in sorted(self._entries.items())
+            if now - reg.last_heartbeat >= self.expire_after
+        ]
+        removed: list[str] = []
+        for proxy_id in gone:
+            reg = self._entries.get(proxy_id)
+            # Checked again: a heartbeat may have come while an earlier delete was written.
+            if reg is None or self._clock() - reg.last_heartbeat < self.expire_after:
+                continue
+            del self._entries[proxy_id]
+            await self._store.delete(registry_key(proxy_id))
+            removed.append(proxy_id)
+        if removed:
+            log.info(
+                "removed %d registration%s silent for %gs or more: %s",
+                len(removed),
+                "" if len(removed) == 1 else "s",
+                self.expire_after,
+                ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""),
+            )
+            self._changed()
+        return removed
+
     def next_expiry(self) -> float | None:
         """Clock time when the next healthy proxy goes stale, or None when none is healthy."""
         deadlines = [r.last_heartbeat + self.ttl for r in self._entries.values() if r.healthy]
         return min(deadlines) if deadlines else None
 
+    def next_removal(self) -> float | None:
+        """Clock time when the next registration expires, or None when there is none."""
+        deadlines = [r.last_heartbeat + self.expire_after for r in self._entries.values()]
+        return min(deadlines) if deadlines else None
+
     async def run(self) -> None:
-        """Sweep at each expiry; runs until cancelled."""
+        """Sweep at each expiry, and remove expired registrations; runs until cancelled."""
         while True:
             self.sweep()
-            expiry = self.next_expiry()
+            try:
+                await self.expire()
+                candidates = [self.next_expiry(), self.next_removal()]
+            except Exception:
+                # A store error must not end the registry's task: the next sweep retries.
+                log.exception("removing expired registrations failed; retrying")
+                candidates = [self.next_expiry()]
+            deadlines = [d for d in candidates if d is not None]
             # Heartbeats only push deadlines later, and a new registration expires at least `ttl`
             # from now, so sleeping until the earliest deadline (at most `ttl`) misses none.
-            delay = self.ttl if expiry is None else expiry - self._clock()
+            delay = self.ttl if not deadlines else min(deadlines) - self._clock()
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the wait completes, and close() would then wait on this task forever.

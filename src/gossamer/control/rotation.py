@@ -10,9 +10,10 @@ import msgspec
 from gossamer.control.distribute import ProxyState, ProxyStatus
 from gossamer.control.registry import Registration
 
-# distributing: the new root is in the bundle next to the old one; every healthy proxy must ACK a
-#   snapshot that carries it before anything is issued from the new CA (else a proxy that does
-#   not trust it yet would refuse its peers' new SVIDs).
+# distributing: the new root is in the bundle next to the old one; every registered proxy (healthy
+#   or not: an unhealthy one may still serve) must ACK a snapshot that carries it before anything
+#   is issued from the new CA (else a proxy that does not trust it yet would refuse its peers' new
+#   SVIDs). A proxy that is really gone stops holding it up when its registration expires.
 # reissuing: the new CA issues; every registered proxy must report an SVID from it before the old
 #   root leaves the bundle (else a peer still serving an old SVID would be refused).
 # done: the old CA is gone from the bundle and its key archived.
@@ -70,16 +71,16 @@ class RotationState(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
 def bundle_pending(
     statuses: Iterable[tuple[Registration, ProxyStatus, ProxyState]], root_pem: str
 ) -> list[str]:
-    """The healthy proxies that have not yet ACKed a snapshot whose bundle holds `root_pem`.
+    """The registered proxies that have not yet ACKed a snapshot whose bundle holds `root_pem`.
 
     A proxy whose snapshot has no mTLS settings trusts no bundle at all, so it waits on nothing.
-    Unhealthy proxies are not waited for: when one comes back it fetches the current snapshot,
-    which carries the new root, before it serves again.
+    Unhealthy proxies are waited for too: one that missed heartbeats (a partition, a paused
+    process) may still serve traffic with the old bundle, and would refuse its peers' SVIDs from
+    the new CA. One that is gone for good is removed when its registration expires
+    (`Registry.expire_after`), which ends the wait.
     """
     pending: list[str] = []
     for reg, status, _ in statuses:
-        if not reg.healthy:
-            continue
         current = status.snapshot
         if current is None:
             pending.append(reg.proxy_id)

@@ -20,7 +20,7 @@ import uvicorn
 from gossamer.control.ca_service import DEFAULT_TRUST_DOMAIN, MeshCa
 from gossamer.control.distribute import Distributor, TranslateFn
 from gossamer.control.operators import Tokens
-from gossamer.control.registry import Registry
+from gossamer.control.registry import DEFAULT_MAX_PER_IDENTITY, Registry
 from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
@@ -51,13 +51,24 @@ class ControlPlane:
         tokens: Tokens,
         admin_token_file: Path,
         token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
+        registration_expiry: float | None = None,
+        max_registrations_per_identity: int = DEFAULT_MAX_PER_IDENTITY,
     ) -> None:
+        """`registration_expiry`: seconds after its last heartbeat that a proxy's registration
+        is removed (default `max(20 x heartbeat_ttl, 60)`); `max_registrations_per_identity`:
+        how many proxy ids one SPIFFE identity may register."""
         self.store = store
         self.token_prune_interval = token_prune_interval
         self.ca = ca
         self.tokens = tokens
         self.admin_token_file = admin_token_file
-        self.registry = Registry(store, ttl=heartbeat_ttl, clock=clock)
+        self.registry = Registry(
+            store,
+            ttl=heartbeat_ttl,
+            clock=clock,
+            expire_after=registration_expiry,
+            max_per_identity=max_registrations_per_identity,
+        )
         self.cache = ResourceCache(store)
         self.distributor = Distributor(
             self.cache.sorted_resources,
@@ -86,6 +97,8 @@ class ControlPlane:
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         svid_ttl: dt.timedelta | None = None,
         token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
+        registration_expiry: float | None = None,
+        max_registrations_per_identity: int = DEFAULT_MAX_PER_IDENTITY,
     ) -> ControlPlane:
         """Open the SQLite store in `state_dir` (created if needed) and build the parts on it.
 
@@ -117,6 +130,8 @@ class ControlPlane:
             tokens=tokens,
             admin_token_file=admin_token_file,
             token_prune_interval=token_prune_interval,
+            registration_expiry=registration_expiry,
+            max_registrations_per_identity=max_registrations_per_identity,
         )
 
     async def start(self) -> None:
@@ -213,12 +228,6 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://{shown}:{port}"
 
 
-def issuer_chain(ca: MeshCa) -> list[bytes]:
-    """The intermediates between a workload SVID and a root (none when a root issues)."""
-    inner = ca.ca
-    return [inner.cert_pem(), inner.chain_pem()] if inner.parents else []
-
-
 def api_config(
     cp: ControlPlane,
     host: str,
@@ -237,7 +246,7 @@ def api_config(
     from gossamer.control.api import create_app
 
     serving = cp.ca.issue_control_plane_cert([host])
-    checker = PeerChecker(cp.ca.bundle, lambda: issuer_chain(cp.ca))
+    checker = PeerChecker(cp.ca)
     config = uvicorn.Config(
         create_app(cp),
         host=host,
@@ -255,7 +264,8 @@ def api_config(
     )
     config.load()
     assert config.ssl is not None
-    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.3 only, like the sidecars: no TLS 1.2 cipher suite to negotiate down to.
+    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
     cp.ca.attach_server_context(config.ssl)
     return config
 
@@ -269,8 +279,12 @@ async def serve(
     log_level: str = "warning",
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     svid_ttl: dt.timedelta | None = None,
+    registration_expiry: float | None = None,
 ) -> None:
-    """Run the control plane until SIGTERM/SIGINT, on one HTTPS listener (see `api_config`)."""
+    """Run the control plane until SIGTERM/SIGINT, on one HTTPS listener (see `api_config`).
+
+    `registration_expiry`: see `ControlPlane` (default `max(20 x heartbeat_ttl, 60)` seconds).
+    """
     host, port = parse_listen(listen)
     # The process edge: the registry and status report unix seconds, so the clock is the wall's.
     cp = await ControlPlane.open(
@@ -279,6 +293,7 @@ async def serve(
         clock=time.time,
         trust_domain=trust_domain,
         svid_ttl=svid_ttl,
+        registration_expiry=registration_expiry,
     )
     try:
         await cp.start()

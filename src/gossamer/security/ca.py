@@ -54,6 +54,9 @@ class Svid:
     serial: int
     not_before: dt.datetime
     not_after: dt.datetime
+    # The SHA-256 fingerprint (hex) of the CA certificate that signed it: read from the signing
+    # call itself, so it cannot name a CA that took over issuing in between.
+    signer: str = ""
 
 
 def utcnow() -> dt.datetime:
@@ -356,6 +359,7 @@ class CertificateAuthority:
             serial=serial,
             not_before=not_before,
             not_after=not_after,
+            signer=self.cert.fingerprint(hashes.SHA256()).hex(),
         )
 
 
