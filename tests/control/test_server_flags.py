@@ -26,6 +26,10 @@ def run(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         (("--svid-ttl", "500ms"), "--svid-ttl must be at least 1s"),
         (("--trust-domain", "Shop.Test"), "--trust-domain: trust domain 'Shop.Test' has 'S'"),
         (("--internal-listen", "127.0.0.1:0"), "unrecognized arguments: --internal-listen"),
+        (
+            ("--heartbeat-ttl", "3", "--registration-expiry", "2"),
+            "--registration-expiry must be longer than --heartbeat-ttl (3), got 2",
+        ),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:

@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a proxy silent this long is marked unhealthy (default 3)",
     )
     parser.add_argument(
+        "--registration-expiry",
+        type=float,
+        metavar="SECONDS",
+        help="a proxy silent this long is removed from the registry "
+        "(default: 20 heartbeat TTLs, at least 60)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(func=run)
@@ -86,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--trust-domain: {exc}", code=2) from None
     if not args.heartbeat_ttl > 0:
         raise CommandError(f"--heartbeat-ttl must be positive, got {args.heartbeat_ttl}", code=2)
+    expiry = args.registration_expiry
+    if expiry is not None and not expiry > args.heartbeat_ttl:
+        raise CommandError(
+            f"--registration-expiry must be longer than --heartbeat-ttl ({args.heartbeat_ttl:g}), "
+            f"got {expiry:g}",
+            code=2,
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -102,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 svid_ttl=svid_ttl,
                 ready_file=args.ready_file,
                 heartbeat_ttl=args.heartbeat_ttl,
+                registration_expiry=expiry,
                 # uvicorn's own messages stay quiet; ours say what matters.
                 log_level="warning",
             )
