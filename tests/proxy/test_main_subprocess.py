@@ -182,14 +182,16 @@ def test_bad_flags_are_usage_errors() -> None:
 
 
 def test_proxy_does_not_import_heavy_modules() -> None:
-    """The sidecar's import graph has no pydantic, FastAPI, httpx, control or config."""
+    """The sidecar's import graph has no pydantic, FastAPI, httpx, control or config, and no
+    `cryptography` (~10 MiB of RSS) until it really uses mTLS."""
     code = (
         "import sys\n"
         "from gossamer.cli.main import build_parser\n"
         "build_parser('proxy')\n"
         "import gossamer.proxy.main, gossamer.proxy.agent, gossamer.proxy.admin\n"
+        "import gossamer.proxy.dataplane, gossamer.proxy.mtls\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('pydantic', 'fastapi', 'httpx', 'uvicorn') or "
+        "('pydantic', 'fastapi', 'httpx', 'uvicorn', 'cryptography') or "
         "m.startswith(('gossamer.control', 'gossamer.config')))\n"
         "print(bad)\n"
     )

@@ -18,7 +18,6 @@ from gossamer.proxy.exchange import RulePlan
 from gossamer.proxy.mtls import InboundAcceptor, OutboundTls, PreparedBundle, TlsState
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
-from gossamer.security.bundle import BundleError
 from gossamer.security.tls import SvidFiles, TlsConfigError
 from gossamer.snapshot import Snapshot
 from gossamer.telemetry.metrics import Registry
@@ -303,6 +302,10 @@ class DataPlane:
             )
         if mesh.trust_bundle == self.tls.bundle_pem:
             return None
+        # Here, not at the top: `cryptography` costs ~10 MiB of RSS, which a sidecar without
+        # mTLS never pays.
+        from gossamer.security.bundle import BundleError
+
         try:
             prepared = self.tls.prepare_bundle(mesh.trust_bundle)
         except BundleError as exc:

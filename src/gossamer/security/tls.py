@@ -6,10 +6,14 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gossamer.security.bundle import TrustBundle
-from gossamer.security.csr import write_file_atomic, write_private_file
 from gossamer.security.spiffe import SpiffeId, SpiffeIdError, matches
+
+if TYPE_CHECKING:
+    # Types only: `cryptography` (behind both) costs a sidecar ~10 MiB of RSS, so the modules
+    # that need it are imported where they are used.
+    from gossamer.security.bundle import TrustBundle
 
 CERT_FILE = "svid.pem"
 KEY_FILE = "svid-key.pem"
@@ -41,6 +45,8 @@ def write_svid(state_dir: Path, cert_chain_pem: bytes, key_pem: bytes) -> SvidFi
         KeyFileError: the state dir is not writable, or the existing key file is group/world
             readable.
     """
+    from gossamer.security.csr import write_file_atomic, write_private_file
+
     files = SvidFiles(state_dir / CERT_FILE, state_dir / KEY_FILE)
     write_private_file(files.key, key_pem)
     write_file_atomic(files.cert_chain, cert_chain_pem)
