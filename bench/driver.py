@@ -216,48 +216,39 @@ class Bench:
 
     def mesh_path(self) -> Running:
         """Client -> sidecar A's outbound -> sidecar B's inbound -> the backend (B's app)."""
-        self._check_gossamer()
-        snap_b = configs.gossamer_snapshot(
-            self.workdir / "mesh-b-snapshot.json",
-            proxy_id="bench-b",
-            service=configs.SERVICE,
-            app_port=self.backend_port,
-            endpoint=f"127.0.0.1:{self.backend_port}",
-        )
-        b, ready_b = self._start_sidecar("mesh-b", "bench-b", configs.SERVICE, snap_b)
-        snap_a = configs.gossamer_snapshot(
-            self.workdir / "mesh-a-snapshot.json",
-            proxy_id="bench-a",
-            service="bench",
-            app_port=self.backend_port,
-            endpoint=str(ready_b["inbound"]),
-        )
-        a, ready_a = self._start_sidecar("mesh-a", "bench-a", "bench", snap_a)
-        return self._await(Running(str(ready_a["outbound"]), [a, b]))
+        return self._mesh_path("mesh", mtls=False)
 
     def mesh_path_mtls(self) -> Running:
         """The mesh path with mutual TLS 1.3 between the two sidecars (STRICT, sessions reused)."""
+        return self._mesh_path("mtls", mtls=True)
+
+    def _mesh_path(self, prefix: str, mtls: bool) -> Running:
+        """Sidecars `<prefix>-b` (in front of the backend) and `<prefix>-a` (calling B)."""
         self._check_gossamer()
-        c = self.mesh_certs
-        bundle = c.bundle.read_text()
+        c = self.mesh_certs if mtls else None
+        bundle = c.bundle.read_text() if c is not None else ""
         snap_b = configs.gossamer_snapshot(
-            self.workdir / "mtls-b-snapshot.json",
+            self.workdir / f"{prefix}-b-snapshot.json",
             proxy_id="bench-b",
             service=configs.SERVICE,
             app_port=self.backend_port,
             endpoint=f"127.0.0.1:{self.backend_port}",
-            mtls=(bundle, c.client.spiffe_id),
+            mtls=(bundle, c.client.spiffe_id) if c is not None else None,
         )
-        b, ready_b = self._start_sidecar("mtls-b", "bench-b", configs.SERVICE, snap_b, c.server)
+        b, ready_b = self._start_sidecar(
+            f"{prefix}-b", "bench-b", configs.SERVICE, snap_b, c.server if c is not None else None
+        )
         snap_a = configs.gossamer_snapshot(
-            self.workdir / "mtls-a-snapshot.json",
+            self.workdir / f"{prefix}-a-snapshot.json",
             proxy_id="bench-a",
             service="bench",
             app_port=self.backend_port,
             endpoint=str(ready_b["inbound"]),
-            mtls=(bundle, c.server.spiffe_id),
+            mtls=(bundle, c.server.spiffe_id) if c is not None else None,
         )
-        a, ready_a = self._start_sidecar("mtls-a", "bench-a", "bench", snap_a, c.client)
+        a, ready_a = self._start_sidecar(
+            f"{prefix}-a", "bench-a", "bench", snap_a, c.client if c is not None else None
+        )
         return self._await(Running(str(ready_a["outbound"]), [a, b]))
 
     def envoy_mesh_mtls(self) -> Running:

@@ -16,6 +16,7 @@ from gossamer.config.models import Resource
 from gossamer.control.api import create_app
 from gossamer.control.registry import Registration
 from gossamer.control.server import ControlPlane
+from gossamer.control.translate import Trust
 
 
 def admin_headers(cp: ControlPlane) -> dict[str, str]:
@@ -210,7 +211,11 @@ async def test_internal_error_has_the_shape(tmp_path: Path) -> None:
     """A failure inside the control plane answers 500 in the error shape, with no traceback."""
 
     def broken(
-        resources: Sequence[Resource], endpoints: Sequence[Registration], proxy: snap.ProxyIdentity
+        resources: Sequence[Resource],
+        endpoints: Sequence[Registration],
+        proxy: snap.ProxyIdentity,
+        *,
+        trust: Trust | None = None,
     ) -> snap.Snapshot:
         raise ZeroDivisionError("boom")
 

@@ -13,6 +13,7 @@ from gossamer.config.models import Resource, Service
 from gossamer.control.distribute import Distributor, UnknownProxyError
 from gossamer.control.registry import Registration, Registry
 from gossamer.control.store.sqlite import SqliteStore
+from gossamer.control.translate import Trust
 
 
 class FakeClock:
@@ -30,7 +31,11 @@ def service(name: str) -> Service:
 
 
 def small_translate(
-    resources: Sequence[Resource], endpoints: Sequence[Registration], proxy: snap.ProxyIdentity
+    resources: Sequence[Resource],
+    endpoints: Sequence[Registration],
+    proxy: snap.ProxyIdentity,
+    *,
+    trust: Trust | None = None,
 ) -> snap.Snapshot:
     """A stand-in translator for unit tests: one cluster per service, every endpoint in it."""
     clusters = [
@@ -182,11 +187,15 @@ async def test_waiting_poll_is_not_stale(world: World) -> None:
 
 async def test_failing_translate_for_one_proxy_spares_others(tmp_path: Path) -> None:
     def picky(
-        resources: Sequence[Resource], endpoints: Sequence[Registration], proxy: snap.ProxyIdentity
+        resources: Sequence[Resource],
+        endpoints: Sequence[Registration],
+        proxy: snap.ProxyIdentity,
+        *,
+        trust: Trust | None = None,
     ) -> snap.Snapshot:
         if proxy.proxy_id == "bad":
             raise ValueError("cannot translate")
-        return small_translate(resources, endpoints, proxy)
+        return small_translate(resources, endpoints, proxy, trust=trust)
 
     store = await SqliteStore.open(tmp_path / "s.sqlite")
     try:

@@ -15,6 +15,7 @@ from gossamer.security.bundle import (
     VerifyError,
     expires_within,
     fingerprint,
+    issued_by,
     remaining,
     svid_spiffe_id,
     verify_chain,
@@ -53,6 +54,29 @@ def test_verify_through_intermediate(inter_ca: CertificateAuthority) -> None:
     assert verify_chain(svid.cert_pem, [svid.chain_pem], bundle) == PRICING
     with pytest.raises(VerifyError, match=r"unknown issuer"):
         verify_chain(svid.cert_pem, [], bundle)  # intermediate missing
+
+
+def test_verify_chain_takes_parsed_certificates(inter_ca: CertificateAuthority) -> None:
+    svid = issue(inter_ca, "pricing").svid
+    leaf = x509.load_pem_x509_certificate(svid.cert_pem)
+    bundle = TrustBundle([inter_ca.root], trust_domain="gossamer.local")
+    assert verify_chain(leaf, [inter_ca.cert], bundle) == PRICING
+    with pytest.raises(VerifyError, match=r"unknown issuer"):
+        verify_chain(leaf, [], bundle)
+
+
+def test_issued_by_names_only_the_signing_ca(
+    root_ca: CertificateAuthority, inter_ca: CertificateAuthority
+) -> None:
+    leaf = x509.load_pem_x509_certificate(issue(inter_ca, "pricing").svid.cert_pem)
+    assert issued_by(leaf, inter_ca.cert)
+    assert issued_by(inter_ca.cert, root_ca.cert)
+    assert issued_by(root_ca.cert, root_ca.cert)  # self-signed
+    assert not issued_by(leaf, root_ca.cert)
+    # Same name, another key: the key identifiers (or the signature) tell them apart.
+    twin = CertificateAuthority.create_root("gossamer.local")
+    assert twin.cert.subject == root_ca.cert.subject
+    assert not issued_by(inter_ca.cert, twin.cert)
 
 
 def test_expired_and_not_yet_valid(root_ca: CertificateAuthority) -> None:

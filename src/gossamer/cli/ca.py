@@ -85,7 +85,7 @@ def _timeout(text: str) -> float:
 def cmd_status(args: argparse.Namespace) -> int:
     url, creds = control_plane_target(args)
     api = ClientApi(url, creds)
-    status: dict[str, Any] = api.call(lambda: api.client.request("GET", "/v1/ca"))
+    status: dict[str, Any] = api.call(api.client.ca_status)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -214,9 +214,7 @@ def _rotate(args: argparse.Namespace, body: dict[str, str]) -> int:
     timeout = _timeout(args.timeout)
     url, creds = control_plane_target(args)
     api = ClientApi(url, creds)
-    started: dict[str, Any] = api.call(
-        lambda: api.client.request("POST", "/v1/ca/rotate", body=body)
-    )
+    started: dict[str, Any] = api.call(lambda: api.client.rotate_ca(body))
     rotation = started.get("rotation") or {}
     for warning in started.get("warnings", []):
         print(f"warning: {warning}")
@@ -227,11 +225,6 @@ def _rotate(args: argparse.Namespace, body: dict[str, str]) -> int:
         return 0
     with _following_bundle(creds.ca_bundle, str(started.get("bundle") or "")) as trust:
         return _follow(url, creds.token, trust, str(rotation.get("id")), timeout)
-
-
-def _get_status(api: ClientApi) -> dict[str, Any]:
-    status: dict[str, Any] = api.call(lambda: api.client.request("GET", "/v1/ca"))
-    return status
 
 
 @contextmanager
@@ -266,7 +259,8 @@ def _follow(
     bundle_file = trust("")
     shown: tuple[Any, ...] = ()
     while True:
-        status = _get_status(ClientApi(url, Credentials(token, bundle_file)))
+        api = ClientApi(url, Credentials(token, bundle_file))
+        status: dict[str, Any] = api.call(api.client.ca_status)
         bundle_file = trust(str(status.get("bundle") or ""))
         rotation = status.get("rotation") or {}
         if rotation.get("id") != rotation_id:

@@ -17,7 +17,6 @@ from gossamer.cli.resources import ClientApi, add_control_plane_args, control_pl
 
 Level = Literal["ok", "info", "warn", "fail"]
 _MARK = {"ok": "[ok]  ", "info": "[--]  ", "warn": "[warn]", "fail": "[FAIL]"}
-EXPIRY_WARNING_DAYS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         api = ClientApi(url, creds)
         api.call(api.client.healthz)
-        status = api.call(lambda: api.client.request("GET", "/v1/ca"))
+        status = api.call(api.client.ca_status)
     except CommandError as exc:
         checks.append(Check("control plane", "fail", str(exc).splitlines()[0]))
     else:
@@ -113,13 +112,17 @@ def _serving_cert_check(url: str, bundle: Path | None) -> Check:
         not_after = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after_text), dt.UTC)
     except ValueError:
         return Check("control plane", "warn", "the API's certificate has no readable notAfter")
+    # Imported here: they load cryptography, which the CLI keeps out of its start-up.
+    from gossamer.security.bundle import describe_remaining
+    from gossamer.security.ca import EXPIRY_WARNING
+
     left = not_after - dt.datetime.now(dt.UTC)
-    level: Level = "warn" if left < dt.timedelta(days=EXPIRY_WARNING_DAYS) else "ok"
+    level: Level = "warn" if left < EXPIRY_WARNING else "ok"
     return Check(
         "control plane",
         level,
         f"the API's certificate verifies with the mesh's bundle; valid until "
-        f"{not_after:%Y-%m-%d %H:%M} UTC ({_days(left)})",
+        f"{not_after:%Y-%m-%d %H:%M} UTC ({describe_remaining(left)})",
     )
 
 
@@ -215,9 +218,3 @@ def _proxy_checks(p: dict[str, Any], rotation: dict[str, Any] | None) -> list[Ch
     elif acked:
         out.append(Check("proxies", "ok", f"{pid}: runs the current trust bundle"))
     return out
-
-
-def _days(left: dt.timedelta) -> str:
-    from gossamer.security.bundle import describe_remaining
-
-    return describe_remaining(left)

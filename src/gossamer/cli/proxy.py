@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-# Kept here rather than imported from gossamer.proxy.identity, which loads cryptography.
-BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
+from gossamer.security.spiffe import BOOTSTRAP_TOKEN_ENV as BOOTSTRAP_TOKEN_ENV
 
 
 def _address(text: str) -> str:

@@ -121,15 +121,7 @@ def mint_bootstrap_token(
 
     client = ControlPlaneClient(api, credentials=Credentials.from_state_dir(credentials_dir))
     try:
-        answer = client.request(
-            "POST",
-            "/v1/tokens/bootstrap",
-            body={
-                "serviceAccount": service_account,
-                "namespace": namespace,
-                "ttl": BOOTSTRAP_TOKEN_TTL,
-            },
-        )
+        answer = client.create_bootstrap_token(service_account, namespace, BOOTSTRAP_TOKEN_TTL)
     except ApiError as exc:
         raise RuntimeError(_api_error_text(exc)) from None
     return str(answer["token"])

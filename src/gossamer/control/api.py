@@ -26,7 +26,6 @@ from gossamer.config.errors import ConfigError, Problem, did_you_mean
 from gossamer.config.models import KINDS
 from gossamer.config.validate import validate_apply
 from gossamer.control.api_ca import ca_router
-from gossamer.control.ca_service import CONTROL_PLANE_NAMESPACE
 from gossamer.control.distribute import UnknownProxyError
 from gossamer.control.registry import Registration, RegistrationLimitError, SvidStatus
 from gossamer.control.resources import (
@@ -38,7 +37,7 @@ from gossamer.control.resources import (
 )
 from gossamer.control.tls_peer import PEER_ERROR_KEY, PEER_KEY, PEER_SVID_KEY, LeafFacts
 from gossamer.security.ca import CaError, CsrError
-from gossamer.security.spiffe import SpiffeId, SpiffeIdError
+from gossamer.security.spiffe import CONTROL_PLANE_NAMESPACE, SpiffeId, SpiffeIdError
 from gossamer.security.tokens import Action, Role, TokenError, role_allows
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ import logging
 import os
 import secrets
 import ssl
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gossamer.control.client import CA_BUNDLE_FILE
-from gossamer.control.distribute import Distributor, Trust
+from gossamer.control.distribute import Distributor
 from gossamer.control.registry import Registry
 from gossamer.control.rotation import (
     DEFAULT_PHASE_TIMEOUT,
@@ -33,6 +32,7 @@ from gossamer.control.rotation import (
     svid_pending,
 )
 from gossamer.control.store.base import Store
+from gossamer.control.translate import Trust
 from gossamer.security.bundle import (
     TrustBundle,
     describe_remaining,
@@ -49,8 +49,14 @@ from gossamer.security.ca import (
     subject_of,
     trust_domain_of,
 )
-from gossamer.security.csr import write_file_atomic, write_private_file
-from gossamer.security.spiffe import SpiffeId
+from gossamer.security.csr import (
+    KeyFileError,
+    private_key_pem,
+    read_private_bytes,
+    write_file_atomic,
+    write_private_file,
+)
+from gossamer.security.spiffe import SpiffeId, control_plane_id
 
 log = logging.getLogger("gossamer.control.ca")
 
@@ -67,8 +73,6 @@ RETIRED_DIR = "ca-keys/retired"
 BUNDLE_FILE = CA_BUNDLE_FILE
 SERVING_CERT_FILE = "api-cert.pem"
 SERVING_KEY_FILE = "api-key.pem"
-CONTROL_PLANE_NAMESPACE = "gossamer-system"
-CONTROL_PLANE_ACCOUNT = "control-plane"
 # Re-issued at every start and rotation, so a year only matters for a control plane that never
 # restarts.
 SERVING_CERT_VALIDITY = dt.timedelta(days=365)
@@ -319,9 +323,7 @@ class MeshCa:
         the CA key. A rotation issues it again from the new CA for the same `hosts`.
         """
         now = now or self._now()
-        spiffe_id = SpiffeId.workload(
-            self.trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ACCOUNT
-        )
+        spiffe_id = control_plane_id(self.trust_domain)
         names: list[x509.GeneralName] = []
         for host in dict.fromkeys(["localhost", "127.0.0.1", *hosts]):
             try:
@@ -335,12 +337,7 @@ class MeshCa:
         serving = ServingCert(
             self.state_dir / SERVING_CERT_FILE, self.state_dir / SERVING_KEY_FILE, spiffe_id
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        write_private_file(serving.key_file, key_pem)
+        write_private_file(serving.key_file, private_key_pem(key))
         # The leaf, then every CA between it and the root (clients hold the root): with an
         # operator's intermediate issuing, that is the intermediate itself and its parents.
         issuers = (self.ca.cert, *self.ca.parents[:-1]) if self.ca.parents else ()
@@ -691,29 +688,6 @@ class MeshCa:
                     "renewalOverdue": past_half_life(not_after, self.svid_ttl, now),
                 }
             proxies.append(item)
-        rotation = self.state.rotation
-        rotation_view: dict[str, Any] | None = None
-        if rotation is not None:
-            pending = self.pending(registry, distributor)
-            rotation_view = {
-                "id": rotation.id,
-                "phase": rotation.phase,
-                "active": rotation.active,
-                "old": rotation.old,
-                "new": rotation.new,
-                "imported": rotation.imported,
-                "automatic": rotation.automatic,
-                "started": rotation.started,
-                "phaseStarted": rotation.phase_started,
-                "phaseTimeoutSeconds": rotation.phase_timeout,
-                "finished": rotation.finished,
-                "pending": pending,
-                "stalled": rotation.stalled(now_ts),
-                "message": self._stall_message(rotation, pending)
-                if rotation.stalled(now_ts) and pending
-                else None,
-                "history": [{"phase": e.phase, "at": e.at} for e in rotation.history],
-            }
         return {
             "trustDomain": self.trust_domain,
             "signer": self.state.active,
@@ -724,9 +698,39 @@ class MeshCa:
             "svidTtlSeconds": self.svid_ttl.total_seconds(),
             "now": now.isoformat(),
             "certificates": certificates,
-            "rotation": rotation_view,
+            "rotation": self.rotation_view(registry, distributor, now_ts),
             "proxies": proxies,
             "warnings": self.warnings(),
+        }
+
+    def rotation_view(
+        self, registry: Registry, distributor: Distributor, now_ts: float | None = None
+    ) -> dict[str, Any] | None:
+        """The rotation as `GET /v1/ca` shows it (None when there has been none)."""
+        rotation = self.state.rotation
+        if rotation is None:
+            return None
+        if now_ts is None:
+            now_ts = self._clock()
+        pending = self.pending(registry, distributor)
+        return {
+            "id": rotation.id,
+            "phase": rotation.phase,
+            "active": rotation.active,
+            "old": rotation.old,
+            "new": rotation.new,
+            "imported": rotation.imported,
+            "automatic": rotation.automatic,
+            "started": rotation.started,
+            "phaseStarted": rotation.phase_started,
+            "phaseTimeoutSeconds": rotation.phase_timeout,
+            "finished": rotation.finished,
+            "pending": pending,
+            "stalled": rotation.stalled(now_ts),
+            "message": self._stall_message(rotation, pending)
+            if rotation.stalled(now_ts) and pending
+            else None,
+            "history": [{"phase": e.phase, "at": e.at} for e in rotation.history],
         }
 
     # --- internals -------------------------------------------------------------------------------
@@ -852,18 +856,10 @@ def _load_authority(
 def _read_key(path: Path) -> bytes:
     """A CA key file's PEM, refusing one that others may read (it may have leaked)."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CaError(
-            f"the mesh CA's private key: cannot read private key {path}: {exc.strerror}"
-        ) from None
-    if mode & 0o077:
-        raise CaError(
-            f"the mesh CA's private key: {path} has mode {mode:04o}: a private key file must not "
-            "be accessible to group or others (it may have leaked; check it, then chmod 600 it)"
-        )
-    return data
+        # Never advise removing it: without its key the mesh CA could not sign anything.
+        return read_private_bytes(path, remedy="chmod 600 it")
+    except KeyFileError as exc:
+        raise CaError(f"the mesh CA's private key: {exc}") from None
 
 
 def _cert_state(cert: x509.Certificate, now: dt.datetime) -> str:

@@ -214,11 +214,25 @@ class ControlPlaneClient:
         return _obj(self.request("DELETE", f"/v1/tokens/{urllib.parse.quote(token_id, safe='')}"))
 
     def create_bootstrap_token(
-        self, service_account: str, namespace: str = "default"
+        self, service_account: str, namespace: str = "default", ttl: float | None = None
     ) -> dict[str, Any]:
-        """A single-use token for a proxy's first SVID: {id, token, spiffeId, expires}."""
-        body = {"serviceAccount": service_account, "namespace": namespace}
+        """A single-use token for a proxy's first SVID: {id, token, spiffeId, expires}.
+
+        `ttl` (seconds): how long it stays usable; None leaves it to the control plane.
+        """
+        body: dict[str, Any] = {"serviceAccount": service_account, "namespace": namespace}
+        if ttl is not None:
+            body["ttl"] = ttl
         return _obj(self.request("POST", "/v1/tokens/bootstrap", body=body))
+
+    def ca_status(self) -> dict[str, Any]:
+        """`GET /v1/ca`: the CA certificates, the rotation, each proxy's SVID, the bundle."""
+        return _obj(self.request("GET", "/v1/ca"))
+
+    def rotate_ca(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a root rotation: `{}` for a new root, else cert, key (and chain) of your own CA.
+        Returns {rotation, bundle, warnings}."""
+        return _obj(self.request("POST", "/v1/ca/rotate", body=dict(body)))
 
 
 def _resource_path(kind: str, namespace: str, name: str) -> str:

@@ -6,28 +6,32 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-import msgspec
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from gossamer import snapshot as snap
 from gossamer.config.models import Resource
 from gossamer.control.registry import Registration, Registry
 
+if TYPE_CHECKING:
+    from gossamer.control.translate import Trust
+
 log = logging.getLogger(__name__)
 
-TranslateFn = Callable[
-    [Sequence[Resource], Sequence[Registration], snap.ProxyIdentity], snap.Snapshot
-]
 ProxyState = Literal["ACK", "NACK", "PENDING", "STALE"]
 
 
-@dataclass(frozen=True, slots=True)
-class Trust:
-    """What every proxy must trust and who issues SVIDs now: from the CA, not from resources."""
+class TranslateFn(Protocol):
+    """The translator's shape (control/translate.py `translate`); tests inject stand-ins."""
 
-    bundle_pem: str  # every root a peer's SVID may chain to
-    signer: str  # SHA-256 fingerprint (hex) of the CA certificate now issuing SVIDs
+    def __call__(
+        self,
+        resources: Sequence[Resource],
+        endpoints: Sequence[Registration],
+        proxy: snap.ProxyIdentity,
+        /,
+        *,
+        trust: Trust | None = None,
+    ) -> snap.Snapshot: ...
 
 
 def _default_translate() -> TranslateFn:
@@ -115,13 +119,7 @@ class Distributor:
         trust: Trust | None,
     ) -> snap.Snapshot | None:
         try:
-            built = self._translate(resources, endpoints, self._identity(reg))
-            if trust is not None and built.tls is not None:
-                tls = msgspec.structs.replace(
-                    built.tls, trust_bundle=trust.bundle_pem, signer=trust.signer
-                )
-                built = snap.seal(msgspec.structs.replace(built, tls=tls))
-            return built
+            return self._translate(resources, endpoints, self._identity(reg), trust=trust)
         except Exception:
             # A translator failure for one proxy must not stop the others; it keeps its last one.
             log.exception("cannot build the snapshot of proxy %s", reg.proxy_id)

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gossamer.security.bundle import TrustBundle, VerifyError, fingerprint, verify_chain
+from gossamer.security.bundle import TrustBundle, VerifyError, fingerprint, issued_by, verify_chain
 from gossamer.security.ca import CertificateAuthority
 
 # Our own scope keys (ASGI allows extra keys): the peer's verified SPIFFE ID (a string), why a
@@ -125,12 +123,12 @@ class PeerChecker:
 
     def _verify(self, leaf: x509.Certificate, now: float) -> LeafFacts:
         authorities = self._trust.authorities()
-        intermediates: list[bytes] = []
+        intermediates: list[x509.Certificate] = []
         for ca in authorities:
             if ca.parents:
-                intermediates += [ca.cert_pem(), ca.chain_pem()]
+                intermediates += [ca.cert, *ca.parents]
         spiffe_id = verify_chain(
-            leaf.public_bytes(Encoding.PEM),
+            leaf,
             intermediates,
             self._trust.bundle(),
             now=dt.datetime.fromtimestamp(now, dt.UTC),
@@ -147,13 +145,8 @@ def _signer_of(leaf: x509.Certificate, authorities: Sequence[CertificateAuthorit
     """The fingerprint of the CA certificate whose key signed `leaf` (it verified, so one did)."""
     for ca in authorities:
         for cert in (ca.cert, *ca.parents):
-            if cert.subject != leaf.issuer:
-                continue
-            try:
-                leaf.verify_directly_issued_by(cert)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return fingerprint(cert)
+            if issued_by(leaf, cert):
+                return fingerprint(cert)
     raise VerifyError("the certificate is not signed by any CA of the mesh")
 
 

@@ -103,10 +103,20 @@ class _World:
     authz: list[AuthorizationPolicy]  # by namespace/name
 
 
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What every proxy must trust and who issues SVIDs now: from the CA, not from resources."""
+
+    bundle_pem: str  # every root a peer's SVID may chain to
+    signer: str  # SHA-256 fingerprint (hex) of the CA certificate now issuing SVIDs
+
+
 def translate(
     resources: Sequence[Resource],
     endpoints: Sequence[Registration],
     proxy: snap.ProxyIdentity,
+    *,
+    trust: Trust | None = None,
 ) -> snap.Snapshot:
     """Build and seal the Snapshot for one proxy.
 
@@ -117,6 +127,7 @@ def translate(
             (503), a route attached to one is not served.
         endpoints: every registration in the registry, healthy or not.
         proxy: who asks; its namespace decides bare service names, its id finds its registration.
+        trust: the CA's bundle and signer for the Snapshot's `tls`; None leaves them empty.
 
     Raises:
         TranslateError: a resource the models accepted but that cannot be translated.
@@ -175,7 +186,7 @@ def translate(
         virtual_hosts=virtual_hosts,
         clusters=clusters,
         authz=_authz(world, proxy),
-        tls=_tls(world, proxy),
+        tls=_tls(world, proxy, trust),
     )
     return snap.seal(built)
 
@@ -443,12 +454,13 @@ def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
     )
 
 
-def _tls(world: _World, proxy: snap.ProxyIdentity) -> snap.MeshTls:
-    """The proxy's inbound mode; the control plane's distributor adds the bundle and signer,
-    which come from the CA rather than from resources."""
-    return snap.MeshTls(
-        mode=_mtls_mode(world, world.services.get((proxy.namespace, proxy.service)))
-    )
+def _tls(world: _World, proxy: snap.ProxyIdentity, trust: Trust | None) -> snap.MeshTls:
+    """The proxy's inbound mode, with the bundle and signer `trust` gives (they come from the CA
+    rather than from resources)."""
+    mode = _mtls_mode(world, world.services.get((proxy.namespace, proxy.service)))
+    if trust is None:
+        return snap.MeshTls(mode=mode)
+    return snap.MeshTls(mode=mode, trust_bundle=trust.bundle_pem, signer=trust.signer)
 
 
 def _authz(world: _World, proxy: snap.ProxyIdentity) -> snap.AuthzConfig | None:

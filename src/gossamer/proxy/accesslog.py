@@ -346,7 +346,8 @@ class AccessLog:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 log.warning(
                     "access log: write failed (%s); dropping lines, counted in "
-                    "gossamer_proxy_access_log_dropped_lines_total, until a write succeeds",
+                    'gossamer_proxy_access_log_lines_total{result="dropped"}, until a write '
+                    "succeeds",
                     why,
                 )
         if self.buffer and (len(self.buffer) >= FLUSH_BYTES or self.closed):

@@ -201,6 +201,47 @@ def _check_server(writer: asyncio.StreamWriter, server_id: str, host: str, port:
         raise ControlPlaneError(f"{host}:{port} is not the mesh's control plane: {exc}") from None
 
 
+async def tls_call(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    body: bytes | None,
+    *,
+    time_limit: float,
+    tls: Callable[[], ClientTls] | None,
+) -> tuple[int, bytes]:
+    """`http_request` with the `ClientTls` hooks: `tls()` is read at every try (renewals and
+    trust-bundle changes replace it); one more try at once when `on_untrusted_server()` says the
+    roots changed; `on_refused` hears of a refused client certificate (TLS alert or HTTP 401).
+
+    Raises:
+        ControlPlaneError: as `http_request`.
+    """
+    retried = False
+    while True:
+        client = tls() if tls is not None else None
+        try:
+            answer = await http_request(
+                host, port, method, target, body, time_limit=time_limit, tls=client
+            )
+        except ServerNotTrusted:
+            # A root rotation the proxy missed: the identity re-reads its roots; when they
+            # changed, one more try at once with the new context.
+            hook = client.on_untrusted_server if client is not None else None
+            if not retried and hook is not None and hook():
+                retried = True
+                continue
+            raise
+        except ClientCertRefused as exc:
+            if client is not None and client.on_refused is not None:
+                client.on_refused(str(exc))
+            raise
+        if answer[0] == 401 and client is not None and client.on_refused is not None:
+            client.on_refused(error_message(answer[1]) or f"HTTP {answer[0]}")
+        return answer
+
+
 # --- what the proxy runs --------------------------------------------------------------------------
 
 
@@ -426,40 +467,20 @@ class Agent:
         self, method: str, target: str, body: object = None, *, time_limit: float | None = None
     ) -> tuple[int, bytes]:
         payload = None if body is None else _json.encode(body)
-        retried = False
-        while True:
-            tls = self.tls() if self.tls is not None else None
-            try:
-                answer = await http_request(
-                    self.host,
-                    self.port,
-                    method,
-                    target,
-                    payload,
-                    time_limit=self.request_timeout if time_limit is None else time_limit,
-                    tls=tls,
-                )
-            except ServerNotTrusted as exc:
-                # A root rotation the proxy missed: the identity re-reads its roots; when they
-                # changed, one more try at once with the new context.
-                hook = tls.on_untrusted_server if tls is not None else None
-                if not retried and hook is not None and hook():
-                    retried = True
-                    continue
-                self._set_connected(False, str(exc))
-                raise
-            except ClientCertRefused as exc:
-                self._set_connected(False, str(exc))
-                if tls is not None and tls.on_refused is not None:
-                    tls.on_refused(str(exc))
-                raise
-            except ControlPlaneError as exc:
-                self._set_connected(False, str(exc))
-                raise
-            break
+        try:
+            answer = await tls_call(
+                self.host,
+                self.port,
+                method,
+                target,
+                payload,
+                time_limit=self.request_timeout if time_limit is None else time_limit,
+                tls=self.tls,
+            )
+        except ControlPlaneError as exc:
+            self._set_connected(False, str(exc))
+            raise
         self._set_connected(True)
-        if answer[0] == 401 and tls is not None and tls.on_refused is not None:
-            tls.on_refused(error_message(answer[1]))
         return answer
 
     def _set_connected(self, connected: bool, why: str = "") -> None:
@@ -474,6 +495,13 @@ class Agent:
         self.connected = connected
         self.metrics.connected.set(1 if connected else 0)
 
+    def _with_svid(self, payload: dict[str, object]) -> dict[str, object]:
+        """`payload` with the current SVID's facts under "svid", when there is one."""
+        svid = self.svid_report() if self.svid_report is not None else None
+        if svid is not None:
+            payload["svid"] = svid
+        return payload
+
     async def _sleep_backoff(self, attempt: int) -> None:
         await asyncio.sleep(backoff_delay(attempt, self.rand, cap=self.backoff_cap))
 
@@ -481,10 +509,7 @@ class Agent:
 
     async def _register(self) -> bool:
         ready = self.is_ready()
-        payload = self.registration.body(ready)
-        svid = self.svid_report() if self.svid_report is not None else None
-        if svid is not None:
-            payload["svid"] = svid
+        payload = self._with_svid(self.registration.body(ready))
         status, body = await self._call("POST", f"{self.base}/register", payload)
         if status != 200:
             log.warning("control plane refused registration: %d %s", status, _excerpt(body))
@@ -509,10 +534,7 @@ class Agent:
     async def _heartbeat(self) -> bool:
         """One heartbeat; False when the control plane no longer knows us."""
         ready = self.is_ready()
-        payload: dict[str, object] = {"ready": ready}
-        svid = self.svid_report() if self.svid_report is not None else None
-        if svid is not None:
-            payload["svid"] = svid
+        payload = self._with_svid({"ready": ready})
         status, body = await self._call("POST", f"{self.base}/heartbeat", payload)
         if status == 404:
             self.metrics.heartbeats.labels("unknown").inc()

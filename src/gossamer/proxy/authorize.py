@@ -20,6 +20,7 @@ from gossamer.filters import authz
 from gossamer.proxy.stats import DataPlaneMetrics
 from gossamer.snapshot import AuthzConfig
 from gossamer.telemetry.metrics import CounterChild
+from gossamer.telemetry.ratelimit import RateLimit
 
 log = logging.getLogger("gossamer.proxy.authz")
 
@@ -38,14 +39,11 @@ class Authorizer:
 
     __slots__ = (
         "_allowed",
+        "_audit_log",
         "_audited",
-        "_clock",
         "_default_port",
         "_denied",
-        "_deny_suppressed",
-        "_next_deny_log",
-        "_next_log",
-        "_suppressed",
+        "_deny_log",
         "engine",
     )
 
@@ -68,11 +66,8 @@ class Authorizer:
                 self._audited[policy.name] = family.labels(policy.name, "audit")
         self._allowed[None] = family.labels(_DEFAULT, "allow")
         self._denied[None] = family.labels(_DEFAULT, "deny")
-        self._clock = clock
-        self._next_log = 0.0
-        self._suppressed = 0
-        self._next_deny_log = 0.0
-        self._deny_suppressed = 0
+        self._audit_log = RateLimit(clock, AUDIT_LOG_INTERVAL)
+        self._deny_log = RateLimit(clock, DENY_LOG_INTERVAL)
 
     def check(
         self, principal: str | None, method: bytes, path: bytes, host: bytes
@@ -93,12 +88,9 @@ class Authorizer:
     def _log_denial(
         self, decision: authz.Decision, principal: str | None, method: bytes, path: bytes
     ) -> None:
-        now = self._clock()
-        if now < self._next_deny_log:
-            self._deny_suppressed += 1
+        suppressed = self._deny_log.due()
+        if suppressed is None:
             return
-        self._next_deny_log = now + DENY_LOG_INTERVAL
-        suppressed, self._deny_suppressed = self._deny_suppressed, 0
         log.info(
             "authz denied: %s %s from %s: %s%s",
             method.decode("latin-1"),
@@ -115,12 +107,9 @@ class Authorizer:
             child = self._audited.get(name)
             if child is not None:
                 child.value += 1.0
-        now = self._clock()
-        if now < self._next_log:
-            self._suppressed += 1
+        suppressed = self._audit_log.due()
+        if suppressed is None:
             return
-        self._next_log = now + AUDIT_LOG_INTERVAL
-        suppressed, self._suppressed = self._suppressed, 0
         log.info(
             "authz audit: %s %s from %s matched %s (%s)%s",
             method.decode("latin-1"),

@@ -280,7 +280,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 self._start_local(flags.REDIRECT, "redirected", status, ((b"location", location),))
                 return
             if route.request_filters:
-                self.original = (head, head.host, head.path, head.query)
+                if self.access is not None:
+                    self.original = (head, head.host, head.path, head.query)
                 route.apply_request(head)
             backend = route.pick_backend(listener.rand())
             if backend is None:
@@ -291,7 +292,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 )
                 return
             if backend.request_filters:
-                if not route.request_filters:
+                if not route.request_filters and self.access is not None:
                     self.original = (head, head.host, head.path, head.query)
                 backend.apply_request(head)
             cluster = tables.clusters[backend.cluster]

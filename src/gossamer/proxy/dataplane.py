@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from gossamer import snapshot as snap
 from gossamer.filters.authz import AuthzCompileError
 from gossamer.proxy import failfast
-from gossamer.proxy.accesslog import AccessLog, AccessLogError, open_target
+from gossamer.proxy.accesslog import AccessLog, open_target
 from gossamer.proxy.authorize import Authorizer
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
@@ -138,10 +138,6 @@ class DataPlane:
         target = self.settings.access_log
         if target is None or self.access_log is not None:
             return
-        if not 0.0 < self.settings.access_log_sample <= 1.0:
-            raise AccessLogError(
-                f"--access-log-sample {self.settings.access_log_sample!r} is not in (0, 1]"
-            )
         lines = self.metrics.access_log_lines
         access = AccessLog(
             self.loop,

@@ -31,25 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from gossamer.proxy.agent import (
     ClientCertRefused,
     ClientTls,
     ControlPlaneError,
-    ServerNotTrusted,
     backoff_delay,
     error_message,
-    http_request,
+    tls_call,
 )
 from gossamer.security.bundle import (
     BundleError,
     TrustBundle,
     VerifyError,
     fingerprint,
+    issued_by,
+    public_der,
     svid_spiffe_id,
     verify_chain,
 )
+from gossamer.security.ca import trust_domain_of as ca_trust_domain_of
 from gossamer.security.csr import (
     KeyFileError,
     generate_key,
@@ -57,16 +58,18 @@ from gossamer.security.csr import (
     make_csr,
     private_key_pem,
 )
-from gossamer.security.spiffe import SpiffeId, SpiffeIdError
+from gossamer.security.spiffe import (
+    BOOTSTRAP_TOKEN_ENV,
+    SpiffeId,
+    SpiffeIdError,
+    control_plane_id,
+)
 from gossamer.security.tls import SvidFiles, TlsConfigError, write_svid
 from gossamer.snapshot import Snapshot
 from gossamer.telemetry.metrics import Registry
 
 log = logging.getLogger("gossamer.proxy.identity")
 
-BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
-CONTROL_PLANE_NAMESPACE = "gossamer-system"
-CONTROL_PLANE_ACCOUNT = "control-plane"
 MAX_RETRY = 30.0  # seconds: the cap of the retry backoff (token or renewal)
 
 
@@ -138,45 +141,17 @@ def trust_domain_of(bundle: TrustBundle) -> str:
     Raises:
         IdentityError: the root has no SPIFFE trust-domain URI SAN.
     """
-    root = bundle.roots[0]
-    try:
-        san = root.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    for uri in uris:
-        with contextlib.suppress(SpiffeIdError):
-            spiffe_id = SpiffeId.parse(uri)
-            if not spiffe_id.path:
-                return spiffe_id.trust_domain
-    raise IdentityError(
-        "the CA bundle's root names no trust domain (no spiffe://<trust-domain> URI SAN): is it "
-        "the mesh's ca-bundle.pem?"
-    )
+    trust_domain = ca_trust_domain_of(bundle.roots[0], bare=True)
+    if trust_domain is None:
+        raise IdentityError(
+            "the CA bundle's root names no trust domain (no spiffe://<trust-domain> URI SAN): is "
+            "it the mesh's ca-bundle.pem?"
+        )
+    return trust_domain
 
 
 def _certs(pem: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem)
-
-
-def _issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """Whether `ca` signed `cert` (names and key identifiers match, the signature verifies)."""
-    if cert.issuer != ca.subject:
-        return False
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        pass  # no key identifiers to compare: the signature decides
-    else:
-        if aki.key_identifier is not None and aki.key_identifier != ski.digest:
-            return False
-    try:
-        cert.verify_directly_issued_by(ca)
-    except Exception:
-        # InvalidSignature, an unsupported key type, ...: "not this one".
-        return False
-    return True
 
 
 def issuing_ca(chain: list[x509.Certificate], bundle: TrustBundle) -> x509.Certificate | None:
@@ -184,13 +159,13 @@ def issuing_ca(chain: list[x509.Certificate], bundle: TrustBundle) -> x509.Certi
     bundle's root that did; None when neither did."""
     leaf = chain[0]
     candidates = [*chain[1:2], *bundle.roots]
-    return next((ca for ca in candidates if _issued(leaf, ca)), None)
+    return next((ca for ca in candidates if issued_by(leaf, ca)), None)
 
 
 def issuing_root(chain: list[x509.Certificate], bundle: TrustBundle) -> x509.Certificate | None:
     """The root of `bundle` at the top of `chain` (leaf first), or None when none signed it."""
     top = chain[-1]
-    return next((root for root in bundle.roots if _issued(top, root)), None)
+    return next((root for root in bundle.roots if issued_by(top, root)), None)
 
 
 def svid_info(files: SvidFiles, chain: list[x509.Certificate], bundle: TrustBundle) -> SvidInfo:
@@ -230,31 +205,16 @@ def check_svid(
         raise VerifyError("the certificate chain is not PEM certificates") from None
     if not chain:
         raise VerifyError("the certificate chain is empty")
-    found = verify_chain(
-        chain[0].public_bytes(serialization.Encoding.PEM),
-        [c.public_bytes(serialization.Encoding.PEM) for c in chain[1:]],
-        bundle,
-        dt.datetime.fromtimestamp(now, dt.UTC),
-    )
+    found = verify_chain(chain[0], chain[1:], bundle, dt.datetime.fromtimestamp(now, dt.UTC))
     if found != spiffe_id:
         raise VerifyError(f"it is {found}, not {spiffe_id}")
     try:
         key = load_private_key(key_pem)
     except KeyFileError as exc:
         raise VerifyError(f"the key: {exc}") from None
-    if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
+    if public_der(key.public_key()) != public_der(chain[0].public_key()):
         raise VerifyError("the private key does not belong to the certificate")
     return chain
-
-
-def _public_der(key: object) -> bytes:
-    public_bytes = getattr(key, "public_bytes", None)
-    if public_bytes is None:
-        return b""
-    der: bytes = public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
 
 
 def load_stored(
@@ -340,9 +300,7 @@ class Identity:
                 f"namespace {namespace!r} and service account {service_account!r} make no "
                 f"SPIFFE ID: {exc}"
             ) from None
-        self.server_id = str(
-            SpiffeId.workload(self.trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ACCOUNT)
-        )
+        self.server_id = str(control_plane_id(self.trust_domain))
         self._token = token
         self.on_svid = on_svid
         self.metrics = metrics
@@ -356,6 +314,8 @@ class Identity:
         self._tls: ClientTls | None = None
         self._renew_now = asyncio.Event()
         self._snapshot_bundle: TrustBundle | None = None  # the last Snapshot's
+        self._snapshot_pem = ""  # the last Snapshot's trust bundle as it came, and parsed
+        self._snapshot_parsed: TrustBundle | None = None
         self._install_failed = False
         self._bundle_problem = ""
         self.locked_out = ""  # why the control plane will never accept this SVID again
@@ -387,17 +347,21 @@ class Identity:
         if tls is None:
             return
         if tls.trust_bundle:
-            try:
-                bundle = TrustBundle.from_pem(tls.trust_bundle)
-            except BundleError as exc:
-                log.warning("ignoring the snapshot's trust bundle: %s", exc)
-            else:
-                if len(bundle):
-                    self._snapshot_bundle = bundle
-                    if bundle.fingerprints() != self.bundle.fingerprints():
-                        log.info("trust bundle changed: %d root(s)", len(bundle))
-                        self.bundle = bundle
-                        self._tls = None
+            if tls.trust_bundle != self._snapshot_pem:
+                # Parsed once per change, not once per snapshot (most do not change it).
+                self._snapshot_pem = tls.trust_bundle
+                try:
+                    self._snapshot_parsed = TrustBundle.from_pem(tls.trust_bundle)
+                except BundleError as exc:
+                    self._snapshot_parsed = None
+                    log.warning("ignoring the snapshot's trust bundle: %s", exc)
+            bundle = self._snapshot_parsed
+            if bundle is not None and len(bundle):
+                self._snapshot_bundle = bundle
+                if bundle.fingerprints() != self.bundle.fingerprints():
+                    log.info("trust bundle changed: %d root(s)", len(bundle))
+                    self.bundle = bundle
+                    self._tls = None
         current = self.current
         # Our own signer, from the chain we verified: the control plane's word is not needed.
         if tls.signer and current is not None and tls.signer != current.signer:
@@ -636,30 +600,31 @@ class Identity:
 
     async def _post_csr(self, token: str | None, body: bytes) -> tuple[int, bytes]:
         """POST /v1/svid; after a certificate that does not verify, the roots are re-read and
-        the call tried once more."""
-        for retry in (False, True):
+        the call tried once more. A renewal whose SVID is refused tells `refused`."""
+
+        def client() -> ClientTls:
             # A first SVID: no client certificate (the token proves who we are); renewal: mTLS.
-            tls = ClientTls(self._context(with_svid=token is None), self.server_id)
-            try:
-                return await http_request(
-                    self.host,
-                    self.port,
-                    "POST",
-                    f"{self.prefix}/v1/svid",
-                    body,
-                    time_limit=self.request_timeout,
-                    tls=tls,
-                )
-            except ServerNotTrusted:
-                if retry or not self.refresh_bundle():
-                    raise
-            except ClientCertRefused as exc:
-                if token is None:
-                    self.refused(str(exc))
-                    if self.locked_out:
-                        raise self._lockout() from None
-                raise
-        raise AssertionError("unreachable")
+            return ClientTls(
+                self._context(with_svid=token is None),
+                self.server_id,
+                on_untrusted_server=self.refresh_bundle,
+                on_refused=self.refused if token is None else None,
+            )
+
+        try:
+            return await tls_call(
+                self.host,
+                self.port,
+                "POST",
+                f"{self.prefix}/v1/svid",
+                body,
+                time_limit=self.request_timeout,
+                tls=client,
+            )
+        except ClientCertRefused:
+            if token is None and self.locked_out:
+                raise self._lockout() from None
+            raise
 
     async def _fetch(self, token: str | None) -> SvidInfo:
         """A new SVID from the control plane, checked in full, then stored (never before).
@@ -678,10 +643,9 @@ class Identity:
         status, answer = await self._post_csr(token, json.dumps(payload).encode())
         if status != 200:
             problem = error_message(answer) or f"HTTP {status}"
-            if status == 401 and token is None:
-                self.refused(problem)
-                if self.locked_out:
-                    raise self._lockout()
+            # `tls_call` has told `refused` of a renewal's 401 (with this same message).
+            if status == 401 and token is None and self.locked_out:
+                raise self._lockout()
             if status in (401, 403, 422):
                 self.metrics.renewed_error.inc()
                 raise IdentityError(f"the control plane refused {what} ({status}): {problem}")

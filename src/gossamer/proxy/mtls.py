@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gossamer.proxy import flags
 from gossamer.proxy.connection import DownstreamConnection
-from gossamer.proxy.upstream import TlsConnectError, TlsReadBuffer
+from gossamer.proxy.upstream import TlsBufferedReads, TlsConnectError, TlsReadBuffer
 from gossamer.security.tls import (
     PeerIdentityError,
     SvidFiles,
@@ -43,6 +43,7 @@ from gossamer.security.tls import (
     server_context,
 )
 from gossamer.telemetry.metrics import CounterChild
+from gossamer.telemetry.ratelimit import RateLimit
 
 if TYPE_CHECKING:
     # `cryptography` (through security.bundle) is imported only where mTLS is really used: it
@@ -122,27 +123,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "other", f"{type(exc).__name__}: {exc}"
 
 
-class RateLimitedLog:
-    """Logs at most one warning per reason per interval, counting what it held back (no
-    tracebacks): a flood of one failure cannot hide another kind."""
-
-    __slots__ = ("_clock", "_interval", "_next", "_suppressed")
-
-    def __init__(self, clock: Callable[[], float], interval: float = LOG_INTERVAL) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, message: str) -> None:
-        now = self._clock()
-        if now < self._next.get(key, 0.0):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._next[key] = now + self._interval
-        suppressed = self._suppressed.pop(key, 0)
-        more = f" ({suppressed} more like it since the last line)" if suppressed else ""
-        log.warning("%s%s", message, more)
+def _more(held: int) -> str:
+    """The tail of a rate-limited line: how many like it were held back since the last one."""
+    return f" ({held} more like it since the last line)" if held else ""
 
 
 class ResumingContext(ssl.SSLContext):
@@ -216,8 +199,9 @@ class TlsState:
         self.server: ssl.SSLContext | None = None
         self.client: ResumingContext | None = None
         self.generation = 0  # bumped with every new pair of contexts
-        self.inbound_log = RateLimitedLog(loop.time)
-        self.outbound_log = RateLimitedLog(loop.time)
+        # At most one handshake-failure line per direction and reason per LOG_INTERVAL.
+        self.inbound_log = RateLimit(loop.time, LOG_INTERVAL)
+        self.outbound_log = RateLimit(loop.time, LOG_INTERVAL)
         self._handshakes: dict[tuple[str, str], CounterChild] = {}
         self._peers: dict[str, CounterChild] = {}
 
@@ -409,18 +393,17 @@ class OutboundTls:
             result, text = classify(exc)
             state.count_handshake("outbound", result)
             reason = f"TLS to {address}: {text}"
-            state.outbound_log.warning(result, f"outbound {reason} (cluster {self.cluster})")
+            held = state.outbound_log.due(result)
+            if held is not None:
+                log.warning("outbound %s (cluster %s)%s", reason, self.cluster, _more(held))
             raise TlsConnectError(result, reason) from None
         return proto
-
-    def verify(self, transport: asyncio.BaseTransport | None, address: str) -> str | None:
-        """Check the server's SPIFFE ID; None when allowed, else the reason (counted, logged)."""
-        return self.verified_peer(transport, address)[0]
 
     def verified_peer(
         self, transport: asyncio.BaseTransport | None, address: str
     ) -> tuple[str | None, str | None]:
-        """`verify`, also returning the server's SPIFFE ID once allowed: (refusal, peer id)."""
+        """Check the server's SPIFFE ID: (None, its ID) when allowed, else (the reason, None);
+        counted, and logged rate-limited."""
         state = self.state
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is None:
@@ -432,7 +415,9 @@ class OutboundTls:
             result = "peer-not-allowed" if str(exc).startswith("peer spiffe://") else "bad-identity"
             state.count_handshake("outbound", result)
             reason = f"TLS to {address}: {exc}"
-            state.outbound_log.warning(result, f"outbound {reason} (cluster {self.cluster})")
+            held = state.outbound_log.due(result)
+            if held is not None:
+                log.warning("outbound %s (cluster %s)%s", reason, self.cluster, _more(held))
             return reason, None
         resumed = ssl_object.session_reused
         state.count_handshake("outbound", "resumed" if resumed else "ok")
@@ -445,7 +430,7 @@ class OutboundTls:
 # --- inbound --------------------------------------------------------------------------------------
 
 
-class MtlsDownstreamConnection(DownstreamConnection, asyncio.BufferedProtocol):
+class MtlsDownstreamConnection(DownstreamConnection, TlsBufferedReads):
     """An inbound connection that completed the mTLS handshake: it knows its peer's identity.
 
     It reads through `TlsReadBuffer` (see there: uvloop's TLS transport would allocate 256 KiB per
@@ -453,11 +438,9 @@ class MtlsDownstreamConnection(DownstreamConnection, asyncio.BufferedProtocol):
 
     __slots__ = ("_state", "rejected")
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return TlsReadBuffer.view
-
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(TlsReadBuffer.view[:nbytes]))
+        if not self.rejected:
+            DownstreamConnection.data_received(self, bytes(TlsReadBuffer.view[:nbytes]))
 
     def __init__(self, listener: Listener, state: TlsState) -> None:
         super().__init__(listener)
@@ -474,10 +457,14 @@ class MtlsDownstreamConnection(DownstreamConnection, asyncio.BufferedProtocol):
         except PeerIdentityError as exc:
             self.rejected = True
             state.count_handshake("inbound", "bad-identity")
-            state.inbound_log.warning(
-                "bad-identity",
-                f"inbound TLS handshake from {_peer_text(transport)} refused (bad-identity): {exc}",
-            )
+            held = state.inbound_log.due("bad-identity")
+            if held is not None:
+                log.warning(
+                    "inbound TLS handshake from %s refused (bad-identity): %s%s",
+                    _peer_text(transport),
+                    exc,
+                    _more(held),
+                )
             transport.abort()  # type: ignore[attr-defined]
             return
         state.count_handshake("inbound", "resumed" if ssl_object.session_reused else "ok")
@@ -487,10 +474,6 @@ class MtlsDownstreamConnection(DownstreamConnection, asyncio.BufferedProtocol):
         self.xfcc_field = (XFCC, f"By={own};URI={peer}".encode("ascii", "replace"))
         self.peer_requests = state.peer_counter(peer)
         super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.rejected:
-            DownstreamConnection.data_received(self, data)
 
     def eof_received(self) -> bool:
         return False if self.rejected else DownstreamConnection.eof_received(self)
@@ -617,11 +600,14 @@ class InboundAcceptor:
                 ctx = state.server
                 if ctx is None:
                     state.count_handshake("inbound", "no-svid")
-                    state.inbound_log.warning(
-                        "no-svid",
-                        f"inbound TLS handshake from {_addr_text(peer)} refused (no-svid): "
-                        "this proxy has no SVID yet",
-                    )
+                    held = state.inbound_log.due("no-svid")
+                    if held is not None:
+                        log.warning(
+                            "inbound TLS handshake from %s refused (no-svid): "
+                            "this proxy has no SVID yet%s",
+                            _addr_text(peer),
+                            _more(held),
+                        )
                     return
                 handed = True
                 try:
@@ -634,10 +620,15 @@ class InboundAcceptor:
                 except (OSError, TimeoutError, EOFError) as exc:
                     result, text = classify(exc)
                     state.count_handshake("inbound", result)
-                    state.inbound_log.warning(
-                        result,
-                        f"inbound TLS handshake from {_addr_text(peer)} failed ({result}): {text}",
-                    )
+                    held = state.inbound_log.due(result)
+                    if held is not None:
+                        log.warning(
+                            "inbound TLS handshake from %s failed (%s): %s%s",
+                            _addr_text(peer),
+                            result,
+                            text,
+                            _more(held),
+                        )
                     if conn.fileno() >= 0:
                         conn.close()
                 return

@@ -220,16 +220,28 @@ class TlsReadBuffer:
     view = memoryview(buffer)
 
 
-class TlsUpstreamConnection(UpstreamConnection, asyncio.BufferedProtocol):
-    """An upstream connection over mTLS: the same protocol, reading through `TlsReadBuffer`."""
+# A BufferedProtocol, never an `asyncio.Protocol` (see UpstreamConnection): mixed into a class whose
+# `data_received` the bytes go to.
+class TlsBufferedReads(asyncio.BufferedProtocol):
+    """Reads through `TlsReadBuffer` and hands the bytes to the class's `data_received`."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def data_received(self, data: bytes) -> None: ...
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return TlsReadBuffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(TlsReadBuffer.view[:nbytes]))
+
+
+class TlsUpstreamConnection(UpstreamConnection, TlsBufferedReads):
+    """An upstream connection over mTLS: the same protocol, reading through `TlsReadBuffer`."""
+
+    __slots__ = ()
 
 
 class EndpointPool:

@@ -39,6 +39,7 @@ from gossamer.runtime.readiness import (
     wait_for,
 )
 from gossamer.runtime.state import StateDir, write_json_atomic
+from gossamer.security.spiffe import BOOTSTRAP_TOKEN_ENV
 
 # The label of a `publish` front door (control/translate.py reads it; importing it from there
 # would load pydantic and the config models into every `gossamer up`).
@@ -53,7 +54,6 @@ Applier = Callable[[str, list[dict[str, Any]]], None]
 # (control plane URL, namespace, service account) -> a single-use bootstrap token for that
 # identity (cli/up.py: POST /v1/tokens/bootstrap with the admin token).
 Minter = Callable[[str, str, str], str]
-BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
 # Given the control plane's URL, a check of (replica ids, proxy ids) -> converged (converge.py).
 ConvergeProbe = Callable[[str], Callable[[Collection[str], Collection[str]], bool]]
 
@@ -178,19 +178,27 @@ def sidecar_argv(
         "--state-dir",
         str(state_dir),
     ]
-    if ca_bundle:
-        argv += ["--ca-bundle", ca_bundle]
-    if replica.service_account:
-        argv += ["--service-account", replica.service_account]
     if replica.subset:
         argv += ["--subset", replica.subset]
     for key, value in sorted(replica.labels.items()):
         argv += ["--label", f"{key}={value}"]
     if replica.readiness_path:
         argv += ["--readiness-path", replica.readiness_path]
+    return argv + _proxy_options(ca_bundle, replica.service_account, access_log)
+
+
+def _proxy_options(
+    ca_bundle: str | None, service_account: str | None, access_log: Path | None
+) -> list[str]:
+    """The optional flags a sidecar and a front door share."""
+    options: list[str] = []
+    if ca_bundle:
+        options += ["--ca-bundle", ca_bundle]
+    if service_account:
+        options += ["--service-account", service_account]
     if access_log is not None:
-        argv += ["--access-log", str(access_log)]
-    return argv
+        options += ["--access-log", str(access_log)]
+    return options
 
 
 def access_log_path(logs: Path, proxy_id: str) -> Path:
@@ -228,11 +236,6 @@ def publish_argv(
     ca_bundle: str | None = None,
     access_log: Path | None = None,
 ) -> list[str]:
-    extra = ["--ca-bundle", ca_bundle] if ca_bundle else []
-    if access_log is not None:
-        extra += ["--access-log", str(access_log)]
-    if pub.service_account:
-        extra += ["--service-account", pub.service_account]
     return [
         *gossamer,
         "proxy",
@@ -256,7 +259,7 @@ def publish_argv(
         str(ready),
         "--state-dir",
         str(state_dir),
-        *extra,
+        *_proxy_options(ca_bundle, pub.service_account, access_log),
     ]
 
 
@@ -281,10 +284,8 @@ class Supervisor:
         self._apply = apply
         self.stop_event = threading.Event()
         self.phase = "starting"
+        # The control plane's one HTTPS listener, for operators and proxies (with their SVIDs).
         self.api: str | None = None
-        # Where the proxies reach the control plane: the same HTTPS listener as operators
-        # (proxies with their SVIDs); `controlPlaneInternal` in status, kept for its readers.
-        self.internal: str | None = None
         self.ca_bundle: str | None = None
         self.control_plane: Child | None = None
         self.replicas: list[ReplicaState] = []
@@ -352,7 +353,6 @@ class Supervisor:
         self._launch(cp)
         info = self._wait_file(cp, deadline, "the control plane")
         self.api = str(info["api"])
-        self.internal = self.api
         self.ca_bundle = str(info["caBundle"]) if info.get("caBundle") else None
         # A restart listens where the proxies (and operators) already look for it.
         pin_flag(cp.argv, "--listen", host_port(self.api))
@@ -371,7 +371,7 @@ class Supervisor:
                     opts.gossamer,
                     rp,
                     port.port,
-                    self.internal,
+                    self.api,
                     state.ready_file(rp.proxy_name),
                     state.proxy_dir(rp.name),
                     self.ca_bundle,
@@ -406,7 +406,7 @@ class Supervisor:
                 publish_argv(
                     opts.gossamer,
                     pp,
-                    self.internal,
+                    self.api,
                     state.ready_file(pp.proxy_id),
                     state.proxy_dir(pp.proxy_id),
                     self.ca_bundle,
@@ -827,7 +827,8 @@ class Supervisor:
             cp = self.control_plane
             return {
                 "controlPlane": self.api,
-                "controlPlaneInternal": self.internal,
+                # The same URL: kept in status for its readers (proxies use the one listener).
+                "controlPlaneInternal": self.api,
                 "caBundle": self.ca_bundle,
                 "stateDir": str(self.state.root),
                 "file": str(self.options.file),

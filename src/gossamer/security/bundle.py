@@ -6,7 +6,9 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import verification
 
 from gossamer.security.spiffe import SpiffeId, SpiffeIdError
@@ -26,6 +28,34 @@ class VerifyError(Exception):
 def fingerprint(cert: x509.Certificate) -> str:
     """The SHA-256 fingerprint of `cert`, lower-case hex."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether `ca` signed `cert`: the names match, the key identifiers (when both are there)
+    match, and the signature verifies with `ca`'s key."""
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        pass  # no (readable) key identifiers to compare: the signature decides
+    else:
+        if aki.key_identifier is not None and aki.key_identifier != ski.digest:
+            return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        # A bad signature, a key type or algorithm that cannot sign certificates: "not this one".
+        return False
+    return True
+
+
+def public_der(key: CertificatePublicKeyTypes) -> bytes:
+    """A public key as DER SubjectPublicKeyInfo, to compare two keys."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 class TrustBundle:
@@ -95,8 +125,8 @@ class TrustBundle:
 
 
 def verify_chain(
-    leaf_pem: bytes | str,
-    chain_pems: Sequence[bytes | str],
+    leaf_pem: bytes | str | x509.Certificate,
+    chain_pems: Sequence[bytes | str | x509.Certificate],
     bundle: TrustBundle,
     now: dt.datetime | None = None,
 ) -> SpiffeId:
@@ -107,8 +137,9 @@ def verify_chain(
     SPIFFE rules and clear messages.
 
     Args:
-        leaf_pem: the peer's certificate.
-        chain_pems: the intermediates it presented (each may hold several PEM certificates).
+        leaf_pem: the peer's certificate (PEM, or already parsed).
+        chain_pems: the intermediates it presented (each may hold several PEM certificates, or
+            be a parsed one).
         now: the verification time, the wall clock by default.
     Raises:
         VerifyError: naming the problem (not PEM, not a SPIFFE SVID, several URI SANs, expired,
@@ -230,14 +261,16 @@ def _explain(exc: verification.VerificationError) -> str:
     return reason
 
 
-def _one_cert(pem: bytes | str) -> x509.Certificate:
+def _one_cert(pem: bytes | str | x509.Certificate) -> x509.Certificate:
     certs = _certs(pem, "peer certificate")
     if len(certs) != 1:
         raise VerifyError(f"peer certificate: expected one PEM certificate, found {len(certs)}")
     return certs[0]
 
 
-def _certs(pem: bytes | str, what: str) -> list[x509.Certificate]:
+def _certs(pem: bytes | str | x509.Certificate, what: str) -> list[x509.Certificate]:
+    if isinstance(pem, x509.Certificate):
+        return [pem]
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         return x509.load_pem_x509_certificates(data)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gossamer.security.bundle import issued_by, public_der
 from gossamer.security.spiffe import SpiffeId, SpiffeIdError
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,10 @@ class CertificateAuthority:
         chain = (cert, *parents)
         for child, parent in itertools.pairwise(chain):
             _check_is_ca(parent)
-            if not _signed_by(child, parent):
+            if not issued_by(child, parent):
                 raise CaError(f"{_subject(child)} is not signed by {_subject(parent)} in the chain")
         top = chain[-1]
-        if not _signed_by(top, top):
+        if not issued_by(top, top):
             what = "the chain" if parents else "the certificate"
             raise CaError(
                 f"{what} does not end with a self-signed root: give the issuers up to the root "
@@ -568,27 +569,21 @@ def _check_valid_at(cert: x509.Certificate, now: dt.datetime) -> None:
         )
 
 
-def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
+def trust_domain_of(cert: x509.Certificate, *, bare: bool = False) -> str | None:
+    """The trust domain a CA certificate names in a `spiffe://<td>` URI SAN, None if none.
 
-
-def trust_domain_of(cert: x509.Certificate) -> str | None:
-    """The trust domain a CA certificate names in a `spiffe://<td>` URI SAN, None if none."""
+    With `bare`, only a SPIFFE ID without a path (the trust domain itself) counts."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
         san = None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
         try:
-            return SpiffeId.parse(uri).trust_domain
+            spiffe_id = SpiffeId.parse(uri)
         except SpiffeIdError:
             continue
+        if not (bare and spiffe_id.path):
+            return spiffe_id.trust_domain
     return None
 
 
@@ -609,9 +604,7 @@ def _trust_domain_of(cert: x509.Certificate) -> str:
 def _public_der(key: object) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
         raise CaError(f"unsupported public key type {type(key).__name__}")
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_der(key)
 
 
 def _subject(cert: x509.Certificate) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -13,6 +10,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gossamer.files import write_atomically
 from gossamer.security.spiffe import SpiffeId
 
 PRIVATE_MODE = 0o600
@@ -85,12 +83,7 @@ def read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     Raises:
         KeyFileError: missing, group/world-accessible, or not a PEM EC private key.
     """
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read private key {path}: {exc.strerror}") from None
-    _check_mode(path, mode)
+    data = read_private_bytes(path)
     try:
         return load_private_key(data)
     except KeyFileError as exc:
@@ -117,26 +110,31 @@ def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         KeyFileError: the folder is missing or not writable.
     """
     try:
-        # mkstemp creates the file 0600 from the start, so the secret is never readable by others.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomically(path, data, mode=mode, make_parents=False)
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def read_private_bytes(path: Path, *, remedy: str = "remove it") -> bytes:
+    """The bytes of a private key file, refusing one that group or others can access.
+
+    `remedy` ends the refusal's advice ("check it, then ..."): what to do with such a file.
+
+    Raises:
+        KeyFileError: missing, unreadable, or group/world-accessible.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        data = path.read_bytes()
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+        raise KeyFileError(f"cannot read private key {path}: {exc.strerror}") from None
+    _check_mode(path, mode, remedy)
+    return data
 
 
-def _check_mode(path: Path, mode: int) -> None:
+def _check_mode(path: Path, mode: int, remedy: str = "remove it") -> None:
     if mode & 0o077:
         raise KeyFileError(
             f"{path} has mode {mode:04o}: a private key file must not be accessible to group or "
-            "others (it may have leaked; check it, then remove it)"
+            f"others (it may have leaked; check it, then {remedy})"
         )

@@ -13,6 +13,12 @@ _SEGMENT = re.compile(r"[a-zA-Z0-9._-]+")
 _MAX_ID_BYTES = 2048
 _MAX_TRUST_DOMAIN = 255
 
+# Shared by the CLI, the supervisor, the proxy and the control plane; kept here because this module
+# imports nothing heavy.
+BOOTSTRAP_TOKEN_ENV = "GOSSAMER_BOOTSTRAP_TOKEN"
+CONTROL_PLANE_NAMESPACE = "gossamer-system"
+CONTROL_PLANE_ACCOUNT = "control-plane"
+
 
 class SpiffeIdError(ValueError):
     """A string is not a valid SPIFFE ID (or trust domain); the message says what is wrong."""
@@ -106,6 +112,11 @@ class SpiffeId:
 
     def __str__(self) -> str:
         return f"{SCHEME}{self.trust_domain}{self.path}"
+
+
+def control_plane_id(trust_domain: str) -> SpiffeId:
+    """The control plane's own SPIFFE ID in `trust_domain` (its serving certificate carries it)."""
+    return SpiffeId.workload(trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ACCOUNT)
 
 
 def _validate_path(path: str) -> None:
