@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -97,6 +98,10 @@ async def _client(port: int, ctx: ssl.SSLContext) -> tuple[ssl.SSLObject, bytes]
         return ssl_object, line
     finally:
         writer.close()
+        # Waiting retrieves the close's outcome: a refused handshake's error would otherwise be
+        # logged later as "Future exception was never retrieved".
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), DEADLINE)
 
 
 @pytest.fixture
