@@ -510,12 +510,21 @@ class Supervisor:
     def _wait_http(
         self, child: Child, addresses: dict[str, Any], deadline: float, watch: list[Child]
     ) -> None:
-        url = f"http://{addresses['admin']}/ready"
-
         def check() -> None:
             for c in watch:
                 self._died(c)
 
+        self._wait_admin_ready(child, addresses, deadline, check)
+
+    def _wait_admin_ready(
+        self,
+        child: Child,
+        addresses: dict[str, Any],
+        deadline: float,
+        check: Callable[[], None],
+    ) -> None:
+        """Wait until the sidecar at `addresses` answers its admin /ready with 200."""
+        url = f"http://{addresses['admin']}/ready"
         wait_for(
             lambda: True if http_ok(url) else None,
             deadline=deadline,
@@ -686,16 +695,7 @@ class Supervisor:
             proxy = sidecar or child
             if child.kind != "workload":
                 self._wait_restarted(child, deadline, check)
-            url = f"http://{admin_of[proxy.name]['admin']}/ready"
-            wait_for(
-                lambda: True if http_ok(url) else None,
-                deadline=deadline,
-                what=f"{child.name} ({url})",
-                check=check,
-                stop=self.stop_event,
-                clock=self.options.clock,
-                interval=0.05,
-            )
+            self._wait_admin_ready(child, admin_of[proxy.name], deadline, check)
         except (Aborted, NotReady):
             return
         with self._lock:
