@@ -43,6 +43,8 @@ class ProxyIdentity(_Base, kw_only=True, frozen=True):
     subset: str | None = None
     labels: dict[str, str] = {}
     spiffe_id: str = ""
+    # The replica's zone (locality): its balancers prefer endpoints in the same zone.
+    zone: str | None = None
 
 
 # --- listeners -----------------------------------------------------------------------------------
@@ -140,11 +142,51 @@ class URLRewriteFilter(_Base, kw_only=True, frozen=True, tag="URLRewrite", tag_f
     url_rewrite: URLRewrite
 
 
+class FaultDelay(_Base, kw_only=True, frozen=True):
+    fixed_delay: float  # seconds
+    percentage: float = 100.0  # of the requests the fault applies to, 0-100
+
+
+class FaultAbort(_Base, kw_only=True, frozen=True):
+    http_status: int  # 400-599
+    percentage: float = 100.0
+
+
+class Fault(_Base, kw_only=True, frozen=True):
+    """Istio's fault injection, as a route filter: delay and/or abort a share of the requests.
+
+    With `headers`, only requests carrying all of them are eligible (test in production for one
+    user). Both may apply to one request: the delay first, then the abort.
+    """
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    headers: list[HeaderMatch] = []
+
+
+class FaultFilter(_Base, kw_only=True, frozen=True, tag="Fault", tag_field="type"):
+    fault: Fault
+
+
+class RequestMirror(_Base, kw_only=True, frozen=True):
+    """Gateway API RequestMirror: a copy of `percentage` of the requests to another cluster,
+    fire and forget (its response is discarded; it never slows or fails the original)."""
+
+    cluster: str  # a Cluster.name in this Snapshot
+    percentage: float = 100.0
+
+
+class RequestMirrorFilter(_Base, kw_only=True, frozen=True, tag="RequestMirror", tag_field="type"):
+    request_mirror: RequestMirror
+
+
 RouteFilter = (
     RequestHeaderModifierFilter
     | ResponseHeaderModifierFilter
     | RequestRedirectFilter
     | URLRewriteFilter
+    | FaultFilter
+    | RequestMirrorFilter
 )
 
 
@@ -172,6 +214,32 @@ class RetryPolicy(_Base, kw_only=True, frozen=True):
     backoff: Backoff = Backoff()
 
 
+class StaticResponse(_Base, kw_only=True, frozen=True):
+    status: int = 200
+    headers: list[HeaderValue] = []
+    body: str = ""
+
+
+class Fallback(_Base, kw_only=True, frozen=True):
+    """What a rule serves when a request fails for good: retries exhausted (or none allowed) on
+    a connect failure, reset, timeout or 5xx, or the circuit open (overflow, no healthy
+    endpoint, retry budget exhausted). Tried in this order, the first that applies wins:
+
+    1. `max_stale`: the last good (2xx) response to the same GET/HEAD request (method,
+       authority, path and query), when it is at most `max_stale` seconds old;
+    2. `backend`: the request goes to this cluster instead (a degraded service), one try;
+    3. `response`: a static response.
+
+    A fallback response carries `x-gossamer-flags: fallback` (and the cause after a comma).
+    """
+
+    max_stale: float | None = None
+    max_body_bytes: int = 65536  # larger responses are not kept for `max_stale`
+    max_entries: int = 1024  # cached responses kept per rule (least recently used go first)
+    backend: WeightedCluster | None = None
+    response: StaticResponse | None = None
+
+
 class RouteRule(_Base, kw_only=True, frozen=True):
     name: str  # "<namespace>/<route>#<rule index>", or "default" for the implicit route
     matches: list[RouteMatch] = []  # empty = match everything
@@ -179,6 +247,7 @@ class RouteRule(_Base, kw_only=True, frozen=True):
     backends: list[WeightedCluster] = []
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy | None = None
+    fallback: Fallback | None = None
 
 
 class VirtualHost(_Base, kw_only=True, frozen=True):
@@ -211,14 +280,68 @@ class RingHash(_Base, kw_only=True, frozen=True):
 class LoadBalancer(_Base, kw_only=True, frozen=True):
     policy: LoadBalancerPolicy = "ROUND_ROBIN"
     ring_hash: RingHash | None = None
+    # Envoy's panic threshold (Istio's minHealthPercent): when fewer than this percentage of the
+    # healthy endpoints are available (not ejected), balance over all healthy ones, ejected or
+    # not. With 0, only when none at all is available.
+    panic_threshold: float = 0.0
+    # Prefer endpoints in the caller's zone (ProxyIdentity.zone) and spill to other zones as the
+    # local one loses available endpoints (Envoy's priority levels, overprovisioning 1.4).
+    locality: bool = True
 
 
 class ConnectionPool(_Base, kw_only=True, frozen=True):
+    """Envoy's circuit breakers: past a limit a request is answered 503 `overflow` at once."""
+
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests_per_connection: int = 0  # 0 = unlimited
     idle_timeout: float = 60.0
     connect_timeout: float = 2.0
+    max_requests: int = 1024  # requests in flight to the cluster, all endpoints
+    max_retries: int = 64  # retries in flight (a try after the first) to the cluster
+
+
+class SuccessRateEjection(_Base, kw_only=True, frozen=True):
+    """Envoy's success-rate outlier detection: every `interval`, endpoints with at least
+    `request_volume` requests in the interval, when at least `minimum_hosts` of them have, are
+    ejected if their success rate is below mean - stdev_factor * stdev."""
+
+    minimum_hosts: int = 5
+    request_volume: int = 100
+    stdev_factor: float = 1.9
+
+
+class OutlierDetection(_Base, kw_only=True, frozen=True):
+    """Passive health: take misbehaving endpoints out of the balancer for a while.
+
+    An endpoint is ejected after `consecutive_5xx` 5xx responses in a row, or after
+    `consecutive_gateway_errors` gateway errors in a row (connect failure, reset, timeout, 502,
+    503, 504), or by success rate; None turns that detector off. It comes back after
+    `base_ejection_time` times the number of times it was ejected (at most `max_ejection_time`);
+    a run without ejection brings that number down by one per `interval`. At most
+    `max_ejection_percent` of the cluster's endpoints are out at once (at least one may be).
+    """
+
+    consecutive_5xx: int | None = None
+    consecutive_gateway_errors: int | None = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 10.0
+    success_rate: SuccessRateEjection | None = None
+
+
+class HealthCheck(_Base, kw_only=True, frozen=True):
+    """Active health checking: GET `path` on every endpoint each `interval` (through the
+    endpoint's sidecar, so over mTLS when the cluster has `tls`). A 2xx or 3xx within `timeout`
+    passes. An endpoint is marked down after `unhealthy_threshold` failures in a row and up again
+    after `healthy_threshold` passes in a row; endpoints start as up."""
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
 
 
 class RetryBudget(_Base, kw_only=True, frozen=True):
@@ -247,6 +370,8 @@ class Cluster(_Base, kw_only=True, frozen=True):
     retry_budget: RetryBudget = RetryBudget()
     endpoints: list[Endpoint] = []
     tls: UpstreamTls | None = None  # None: plaintext (the destination's mode is DISABLE)
+    outlier_detection: OutlierDetection | None = None  # None: off
+    health_check: HealthCheck | None = None  # None: no active health checks
 
 
 # --- authorization -------------------------------------------------------------------------------
@@ -321,6 +446,54 @@ class MeshTls(_Base, kw_only=True, frozen=True):
     signer: str = ""
 
 
+# --- rate limits ---------------------------------------------------------------------------------
+
+RateLimitKeyType = Literal["Route", "SourceIdentity", "Header", "ClientAddress"]
+RateLimitScope = Literal["Local", "Global"]
+FailureMode = Literal["FailOpen", "FailClosed"]
+
+
+class RateLimitKey(_Base, kw_only=True, frozen=True):
+    """What tells buckets apart: the route rule's name, the caller's SPIFFE ID, a header's
+    value (`name`, lower-cased; requests without it share one bucket) or the client's address."""
+
+    type: RateLimitKeyType
+    name: str | None = None  # the header, for type Header
+
+
+class RateLimitRule(_Base, kw_only=True, frozen=True):
+    """`requests` per `period` seconds for each distinct key, as a token bucket holding at most
+    `requests + burst` tokens (Local: in this proxy; Global: shared by every proxy enforcing the
+    same rule, through Redis)."""
+
+    name: str  # "<namespace>/<policy>#<limit index>"
+    matches: list[RouteMatch] = []  # empty: every request
+    route_rules: list[str] = []  # outbound only: RouteRule names it applies to; empty: any
+    keys: list[RateLimitKey] = []  # empty: one bucket for all matching requests
+    requests: int
+    period: float
+    burst: int = 0
+    scope: RateLimitScope = "Local"
+    failure_mode: FailureMode = "FailOpen"  # Global only: when Redis cannot answer
+
+
+class RedisServer(_Base, kw_only=True, frozen=True):
+    address: str  # "host:port"
+    timeout: float = 0.25  # one call, connect included
+    key_prefix: str = "gossamer"
+
+
+class RateLimits(_Base, kw_only=True, frozen=True):
+    """The rate limits this proxy enforces: on requests arriving for its app (inbound; from
+    RateLimitPolicies targeting its Service) and on requests it sends (outbound; from
+    RateLimitPolicies targeting an HTTPRoute it routes by). Over a limit: 429 `rate-limited`
+    with `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers."""
+
+    inbound: list[RateLimitRule] = []
+    outbound: list[RateLimitRule] = []
+    redis: RedisServer | None = None  # required when any rule is Global
+
+
 # --- the whole -----------------------------------------------------------------------------------
 
 
@@ -333,6 +506,7 @@ class Snapshot(_Base, kw_only=True, frozen=True):
     clusters: list[Cluster] = []
     authz: AuthzConfig | None = None  # None: no policy selects this proxy's service
     tls: MeshTls | None = None  # None: no mTLS at all, inbound or outbound (static snapshots)
+    rate_limits: RateLimits | None = None  # None: no RateLimitPolicy applies to this proxy
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")

@@ -77,6 +77,8 @@ class ClusterRuntime:
         self.count_for_budget = True
         # Set by DataPlane.apply from the spec's `tls`: None connects in plaintext.
         self.tls: OutboundTls | None = None
+        self.active_requests = 0  # exchanges between start_request and end_request
+        self.active_retries = 0
         self._configure(spec)
         self._set_endpoints(spec)
 
@@ -87,6 +89,8 @@ class ClusterRuntime:
         self.max_requests_per_connection = max(0, pool.max_requests_per_connection)
         self.idle_timeout = pool.idle_timeout if pool.idle_timeout > 0 else 60.0
         self.connect_timeout = pool.connect_timeout if pool.connect_timeout > 0 else 2.0
+        self.max_requests = max(1, pool.max_requests)
+        self.max_retries = max(0, pool.max_retries)
         rb = spec.retry_budget
         self.budget = RetryBudget(rb.ratio, rb.min_per_second, rb.ttl, self.loop.time)
         lb = spec.load_balancer
@@ -130,6 +134,35 @@ class ClusterRuntime:
             pool.close_idle()
 
     # --- per request -----------------------------------------------------------------------------
+    # The exchange-facing interface of the circuit breakers and outlier detection: an exchange
+    # calls start_request() once before its first try (False: answer `overflow`) and
+    # end_request() exactly once when it is finished, whatever the path; start_retry() before it
+    # schedules a retry (False: no retry, the failure stands as `overflow`) and end_retry() when
+    # that try ends; on_try_result() once per try that reached an endpoint, with the response's
+    # status or, for a try that got none, 503 (connect failure), 502 (reset) or 504 (timeout).
+
+    def start_request(self) -> bool:
+        if self.active_requests >= self.max_requests:
+            return False
+        self.active_requests += 1
+        return True
+
+    def end_request(self) -> None:
+        if self.active_requests > 0:
+            self.active_requests -= 1
+
+    def start_retry(self) -> bool:
+        if self.active_retries >= self.max_retries:
+            return False
+        self.active_retries += 1
+        return True
+
+    def end_retry(self) -> None:
+        if self.active_retries > 0:
+            self.active_retries -= 1
+
+    def on_try_result(self, endpoint: EndpointState, status: int) -> None:
+        """Outlier detection's input (proxy/outlier.py)."""
 
     def pick(self, head: RequestHead, tried: list[EndpointPool] | None) -> EndpointPool | None:
         """An endpoint for a try; a retry avoids endpoints already tried while others are up."""

@@ -40,6 +40,14 @@ HEADER_TIMEOUT = "header-timeout"
 # A plaintext client on an inbound listener whose mTLS mode is STRICT (sent in plaintext, then the
 # connection closes; nothing reaches the app).
 MTLS_REQUIRED = "mtls-required"
+# A RateLimitPolicy's bucket is empty (429, with Retry-After and the IETF RateLimit headers).
+RATE_LIMITED = "rate-limited"
+# A Fault filter aborted the request on purpose (the status comes from the filter; 503 default).
+FAULT_ABORT = "fault-abort"
+# Not a local error: a route's fallback answered instead of the failed backend. It is sent as
+# `x-gossamer-flags: fallback,<cause>` on the fallback's own response (cause: the flag the
+# failure would have had, or `upstream-5xx`).
+FALLBACK = "fallback"
 
 # The status each flag answers with. A redirect's status comes from the filter
 # (301/302/303/307/308); 302 is only the default.
@@ -61,6 +69,8 @@ STATUS: dict[str, int] = {
     UPSTREAM_HEADERS_TOO_LARGE: 502,
     HEADER_TIMEOUT: 408,
     MTLS_REQUIRED: 400,
+    RATE_LIMITED: 429,
+    FAULT_ABORT: 503,
 }
 
 FLAGS: tuple[str, ...] = tuple(STATUS)
