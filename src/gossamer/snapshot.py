@@ -322,7 +322,7 @@ class OutlierDetection(_Base, kw_only=True, frozen=True):
     `max_ejection_percent` of the cluster's endpoints are out at once (at least one may be).
     """
 
-    consecutive_5xx: int | None = None
+    consecutive_5xx: int | None = msgspec.field(default=None, name="consecutive5xx")
     consecutive_gateway_errors: int | None = 5
     interval: float = 10.0
     base_ejection_time: float = 30.0

@@ -177,9 +177,9 @@ def test_api_version_and_kind() -> None:
         "shop.yaml:4:1: apiVersion: must be gossamer.dev/v1alpha1",
         "shop.yaml:9:1: kind: unknown kind 'Servce' (did you mean 'Service'?)",
         "shop.yaml:13:1: kind: unknown kind 'Deployment': must be one of: Mesh, Service, "
-        "HTTPRoute, DestinationPolicy, AuthorizationPolicy",
+        "HTTPRoute, DestinationPolicy, AuthorizationPolicy, RateLimitPolicy",
         "shop.yaml:15:1: kind: required field is missing (one of: Mesh, Service, HTTPRoute, "
-        "DestinationPolicy, AuthorizationPolicy)",
+        "DestinationPolicy, AuthorizationPolicy, RateLimitPolicy)",
     ]
 
 

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 ENV_CONTROL_PLANE = "GOSSAMER_CONTROL_PLANE"
 ENV_TOKEN = "GOSSAMER_TOKEN"
-KINDS = ("Mesh", "Service", "HTTPRoute", "DestinationPolicy", "AuthorizationPolicy")
+KINDS = (
+    "Mesh",
+    "Service",
+    "HTTPRoute",
+    "DestinationPolicy",
+    "AuthorizationPolicy",
+    "RateLimitPolicy",
+)
 _ALIASES = {
     "mesh": "Mesh",
     "meshes": "Mesh",
@@ -37,6 +44,9 @@ _ALIASES = {
     "authorizationpolicy": "AuthorizationPolicy",
     "authorizationpolicies": "AuthorizationPolicy",
     "authz": "AuthorizationPolicy",
+    "ratelimitpolicy": "RateLimitPolicy",
+    "ratelimitpolicies": "RateLimitPolicy",
+    "rlp": "RateLimitPolicy",
 }
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

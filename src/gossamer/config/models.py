@@ -1,5 +1,5 @@
-"""Resource models for gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy and
-AuthorizationPolicy.
+"""Resource models for gossamer.dev/v1alpha1: Mesh, Service, HTTPRoute, DestinationPolicy,
+AuthorizationPolicy and RateLimitPolicy.
 
 Field names are camelCase on the wire (as in Kubernetes and the Gateway API), snake_case in Python.
 Unknown fields are errors. Durations are strings like "250ms", "5s", "1m" (Gateway API GEP-2257) and
@@ -34,6 +34,9 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_ZONE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]{0,61}[A-Za-z0-9])?$")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def parse_duration(value: object) -> float:
@@ -94,6 +97,19 @@ def _dns_label(value: str) -> str:
 
 
 Name = Annotated[str, BeforeValidator(lambda v: _dns_label(v) if isinstance(v, str) else v)]
+
+
+def _zone(value: object) -> object:
+    if isinstance(value, str) and not _ZONE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid zone: use letters, digits, '-', '.' and '_', starting and "
+            "ending with a letter or digit (at most 63 characters)"
+        )
+    return value
+
+
+# A locality, e.g. "zone-a" or "eu-west-1b": compared as written, never parsed.
+Zone = Annotated[str, BeforeValidator(_zone)]
 
 
 def _checked(check: Any) -> Any:
@@ -181,12 +197,81 @@ class MeshTimeouts(Model):
     idle: PositiveDuration = 60.0
 
 
+class SuccessRateSpec(Model):
+    """Envoy's success-rate ejection: endpoints far below the cluster's mean success rate."""
+
+    minimum_hosts: int = Field(5, ge=1, le=10_000)
+    request_volume: int = Field(100, ge=1)
+    stdev_factor: float = Field(1.9, gt=0, le=100)
+
+
+class OutlierDetectionSpec(Model):
+    """Passive health checking (Istio's outlierDetection). A count of 0 turns that detector off.
+
+    Only the fields written count when folding: the Mesh default first, then the service's
+    DestinationPolicy, then the subset's, each overriding the fields it sets.
+    """
+
+    consecutive_5xx_errors: int = Field(0, ge=0, le=1_000_000, alias="consecutive5xxErrors")
+    consecutive_gateway_errors: int = Field(5, ge=0, le=1_000_000)
+    interval: PositiveDuration = 10.0
+    base_ejection_time: PositiveDuration = 30.0
+    max_ejection_time: PositiveDuration = 300.0
+    max_ejection_percent: float = Field(10, ge=0, le=100)
+    min_health_percent: float = Field(0, ge=0, le=100)
+    success_rate: SuccessRateSpec | None = None
+
+    @model_validator(mode="after")
+    def _ejection_times(self) -> OutlierDetectionSpec:
+        written = self.model_fields_set
+        if {
+            "base_ejection_time",
+            "max_ejection_time",
+        } <= written and self.max_ejection_time < self.base_ejection_time:
+            raise ValueError(
+                f"maxEjectionTime ({format_duration(self.max_ejection_time)}) must not be shorter "
+                f"than baseEjectionTime ({format_duration(self.base_ejection_time)})"
+            )
+        return self
+
+
 class MeshDefaults(Model):
     timeouts: MeshTimeouts = MeshTimeouts()
     retry_budget: RetryBudgetSpec = RetryBudgetSpec()
     load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"] = (
         "LEAST_REQUEST"
     )
+    # None: no outlier detection for clusters whose DestinationPolicy sets none.
+    outlier_detection: OutlierDetectionSpec | None = None
+
+
+def _host_port(value: object) -> object:
+    if isinstance(value, str):
+        match = _HOST_PORT.match(value)
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError(f"{value!r} is not an address: write host:port, e.g. 127.0.0.1:6379")
+    return value
+
+
+class RedisSpec(Model):
+    """The Redis server that global rate limits share."""
+
+    address: Annotated[str, BeforeValidator(_host_port)]
+    timeout: PositiveDuration = 0.25
+    key_prefix: str = "gossamer"
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _KEY_PREFIX.match(v):
+            raise ValueError(
+                f"{v!r}: use 1 to 64 letters, digits, '_', '.', ':' and '-' for a key prefix"
+            )
+        return v
+
+
+class MeshRateLimit(Model):
+    redis: RedisSpec | None = None  # None: no Global RateLimitPolicy limit may be used
 
 
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
@@ -206,6 +291,7 @@ class MeshSpec(Model):
     trust_domain: str = "gossamer.local"
     defaults: MeshDefaults = MeshDefaults()
     mtls: MtlsSpec = MtlsSpec()
+    rate_limit: MeshRateLimit = MeshRateLimit()
 
 
 class Mesh(Resource):
@@ -244,6 +330,7 @@ class Subset(Model):
     replicas: int = Field(1, ge=0, le=64)
     command: Command = None
     env: dict[str, str] = {}
+    zones: list[Zone] = []  # empty: the service's zones
 
 
 class ServiceSpec(Model):
@@ -258,6 +345,8 @@ class ServiceSpec(Model):
     subsets: list[Subset] = []
     readiness_probe: ReadinessProbe | None = None
     publish: int | None = Field(None, ge=0, le=65535)
+    # Replica i runs in zones[i % len(zones)] (empty: no zone).
+    zones: list[Zone] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServiceSpec:
@@ -388,34 +477,113 @@ class HTTPURLRewriteFilter(Model):
     path: HTTPPathModifier | None = None
 
 
+class HTTPFaultDelay(Model):
+    fixed_delay: PositiveDuration
+    percentage: float = Field(100, ge=0, le=100)
+
+
+class HTTPFaultAbort(Model):
+    http_status: int = Field(ge=400, le=599)
+    percentage: float = Field(100, ge=0, le=100)
+
+
+class HTTPFaultFilter(Model):
+    """Istio's fault injection: delay and/or abort a share of the requests (with `headers`, only
+    of the requests carrying all of them)."""
+
+    delay: HTTPFaultDelay | None = None
+    abort: HTTPFaultAbort | None = None
+    headers: list[HTTPHeaderMatch] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> HTTPFaultFilter:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault needs delay, abort or both")
+        return self
+
+
+class HTTPServiceRef(Model):
+    """A Service (or one subset of it) that is not one of a rule's weighted backends."""
+
+    kind: Literal["Service"] = "Service"
+    group: str = ""
+    name: Name
+    namespace: Name | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    subset: Name | None = None
+
+
+class HTTPFraction(Model):
+    numerator: int = Field(ge=0)
+    denominator: int = Field(100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> HTTPFraction:
+        if self.numerator > self.denominator:
+            raise ValueError(
+                f"numerator ({self.numerator}) must not be greater than denominator "
+                f"({self.denominator})"
+            )
+        return self
+
+
+class HTTPRequestMirrorFilter(Model):
+    """Gateway API RequestMirror: copy `percent` (or `fraction`) of the requests, 100% when
+    neither is set, to `backendRef`; the copy's response is discarded."""
+
+    backend_ref: HTTPServiceRef
+    percent: int | None = Field(None, ge=0, le=100)
+    fraction: HTTPFraction | None = None
+
+    @field_validator("fraction")
+    @classmethod
+    def _one_share(cls, v: HTTPFraction | None, info: ValidationInfo) -> HTTPFraction | None:
+        if v is not None and info.data.get("percent") is not None:
+            raise ValueError("set percent or fraction, not both")
+        return v
+
+    @property
+    def percentage(self) -> float:
+        if self.fraction is not None:
+            return 100.0 * self.fraction.numerator / self.fraction.denominator
+        return float(self.percent) if self.percent is not None else 100.0
+
+
+# filter type -> the field holding its settings (snake_case), one per type.
+_FILTER_FIELDS = {
+    "RequestHeaderModifier": "request_header_modifier",
+    "ResponseHeaderModifier": "response_header_modifier",
+    "RequestRedirect": "request_redirect",
+    "URLRewrite": "url_rewrite",
+    "Fault": "fault",
+    "RequestMirror": "request_mirror",
+}
+
+
 class HTTPRouteFilter(Model):
     type: Literal[
-        "RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestRedirect",
+        "URLRewrite",
+        "Fault",
+        "RequestMirror",
     ]
     request_header_modifier: HTTPHeaderFilter | None = None
     response_header_modifier: HTTPHeaderFilter | None = None
     request_redirect: HTTPRequestRedirectFilter | None = None
     url_rewrite: HTTPURLRewriteFilter | None = None
+    fault: HTTPFaultFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
 
     @model_validator(mode="after")
     def _one_config(self) -> HTTPRouteFilter:
-        field = self.type[0].lower() + self.type[1:]
-        attr = {
-            "requestHeaderModifier": "request_header_modifier",
-            "responseHeaderModifier": "response_header_modifier",
-            "requestRedirect": "request_redirect",
-            "uRLRewrite": "url_rewrite",
-        }[field]
+        attr = _FILTER_FIELDS[self.type]
         if getattr(self, attr) is None:
             raise ValueError(f"type {self.type} needs {to_camel(attr)}")
         others = [
             to_camel(a)
-            for a in (
-                "request_header_modifier",
-                "response_header_modifier",
-                "request_redirect",
-                "url_rewrite",
-            )
+            for a in _FILTER_FIELDS.values()
             if a != attr and getattr(self, a) is not None
         ]
         if others:
@@ -437,8 +605,10 @@ class HTTPBackendRef(Model):
     @classmethod
     def _backend_filters(cls, v: list[HTTPRouteFilter]) -> list[HTTPRouteFilter]:
         for i, f in enumerate(v):
-            if f.type == "RequestRedirect":
-                raise ValueError(f"[{i}]: RequestRedirect is not supported on a backendRef")
+            if f.type in ("RequestRedirect", "Fault", "RequestMirror"):
+                raise ValueError(
+                    f"[{i}]: {f.type} is not supported on a backendRef (put it on the rule)"
+                )
         _check_filter_list(v)
         return v
 
@@ -452,6 +622,8 @@ def _check_filter_list(filters: list[HTTPRouteFilter]) -> None:
         raise ValueError("only one URLRewrite filter is allowed")
     if "RequestRedirect" in types and "URLRewrite" in types:
         raise ValueError("RequestRedirect and URLRewrite cannot both be set")
+    if types.count("Fault") > 1:
+        raise ValueError("only one Fault filter is allowed")
 
 
 def _prefix_rewrite(filters: list[HTTPRouteFilter]) -> bool:
@@ -517,6 +689,53 @@ class HTTPRouteRetry(Model):
         return self
 
 
+# Framing is the proxy's business: a static response gets its own Content-Length.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+MAX_FALLBACK_BODY = 1 << 20
+
+
+class HTTPStaticResponse(Model):
+    status: int = Field(200, ge=200, le=599)
+    headers: list[HTTPHeader] = []
+    body: str = Field("", max_length=MAX_FALLBACK_BODY)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_framing(cls, v: list[HTTPHeader]) -> list[HTTPHeader]:
+        for i, h in enumerate(v):
+            if h.name.lower() in _FRAMING_HEADERS:
+                raise ValueError(
+                    f"[{i}]: {h.name!r} is set by the proxy from the body; leave it out"
+                )
+        return v
+
+
+class HTTPRouteFallback(Model):
+    """What a rule serves when a request fails for good (retries exhausted, circuit open): a
+    recent good response to the same GET/HEAD, another backend, or a static response, in that
+    order of preference."""
+
+    max_stale: PositiveDuration | None = None
+    max_body_bytes: int | None = Field(None, ge=0, le=64 << 20)
+    max_entries: int | None = Field(None, ge=1, le=1_000_000)
+    backend_ref: HTTPServiceRef | None = None
+    response: HTTPStaticResponse | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> HTTPRouteFallback:
+        if self.max_stale is None and self.backend_ref is None and self.response is None:
+            raise ValueError("a fallback needs at least one of maxStale, backendRef or response")
+        return self
+
+    @field_validator("max_body_bytes", "max_entries")
+    @classmethod
+    def _with_max_stale(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # Runs only when written; `maxStale` is declared first (absent if it failed itself).
+        if v is not None and "max_stale" in info.data and info.data["max_stale"] is None:
+            raise ValueError("is only used with maxStale (it bounds the responses kept for it)")
+        return v
+
+
 class HTTPRouteRule(Model):
     name: str | None = None
     matches: list[HTTPRouteMatch] = []
@@ -524,6 +743,17 @@ class HTTPRouteRule(Model):
     backend_refs: list[HTTPBackendRef] = []
     timeouts: HTTPRouteTimeouts | None = None
     retry: HTTPRouteRetry | None = None
+    fallback: HTTPRouteFallback | None = None
+
+    @field_validator("fallback")
+    @classmethod
+    def _not_for_redirects(
+        cls, v: HTTPRouteFallback | None, info: ValidationInfo
+    ) -> HTTPRouteFallback | None:
+        filters = info.data.get("filters") or []
+        if v is not None and any(f.type == "RequestRedirect" for f in filters):
+            raise ValueError("a rule that redirects answers itself: it has no use for a fallback")
+        return v
 
     @field_validator("filters")
     @classmethod
@@ -591,9 +821,14 @@ class ConsistentHash(Model):
         return self
 
 
+class LocalityLbSetting(Model):
+    enabled: bool = Field(True, strict=True)  # prefer endpoints in the caller's zone
+
+
 class LoadBalancerSpec(Model):
     policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"] = "LEAST_REQUEST"
     consistent_hash: ConsistentHash | None = None
+    locality_lb_setting: LocalityLbSetting = LocalityLbSetting()
 
     @model_validator(mode="after")
     def _hash_for_ring(self) -> LoadBalancerSpec:
@@ -610,6 +845,25 @@ class ConnectionPoolSpec(Model):
     max_requests_per_connection: int = Field(0, ge=0)
     idle_timeout: PositiveDuration = 60.0
     connect_timeout: PositiveDuration | None = None
+    max_requests: int = Field(1024, ge=1)
+    max_retries: int = Field(64, ge=0)
+
+
+class HealthCheckSpec(Model):
+    """Active health checks: GET `path` on every endpoint each `interval`."""
+
+    path: Path = "/"
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 1.0
+    healthy_threshold: int = Field(2, ge=1, le=1000)
+    unhealthy_threshold: int = Field(3, ge=1, le=1000)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
 
 
 class DestinationPolicySpec(Model):
@@ -617,6 +871,8 @@ class DestinationPolicySpec(Model):
     load_balancer: LoadBalancerSpec | None = None
     connection_pool: ConnectionPoolSpec | None = None
     retry_budget: RetryBudgetSpec | None = None
+    outlier_detection: OutlierDetectionSpec | None = None
+    health_check: HealthCheckSpec | None = None
 
 
 class DestinationPolicy(Resource):
@@ -843,12 +1099,103 @@ class AuthorizationPolicy(Resource):
         return spec
 
 
+# --- RateLimitPolicy ------------------------------------------------------------------------------
+
+
+class RateLimitTargetRef(Model):
+    """A Service (its sidecars limit what they receive) or an HTTPRoute (every caller routing by
+    it limits what it sends), in the policy's own namespace."""
+
+    kind: Literal["Service", "HTTPRoute"]
+    group: str = ""
+    name: Name
+    namespace: Name | None = None  # only the policy's own (validate.py says so, at its line)
+
+
+class RateLimitKeySpec(Model):
+    type: Literal["Route", "SourceIdentity", "Header", "ClientAddress"]
+    name: HeaderName | None = Field(None, min_length=1)  # the header, for type Header
+
+    @model_validator(mode="after")
+    def _name_for_header(self) -> RateLimitKeySpec:
+        if self.type == "Header" and self.name is None:
+            raise ValueError("type Header needs name (the header whose value tells buckets apart)")
+        if self.type != "Header" and self.name is not None:
+            raise ValueError(f"type {self.type} takes no name (only type Header does)")
+        return self
+
+
+class RateLimitSpec(Model):
+    """`requests` per `per` for each distinct key, with `burst` more allowed at once."""
+
+    name: Name | None = None
+    matches: list[HTTPRouteMatch] = []
+    keys: list[RateLimitKeySpec] = []
+    requests: int = Field(ge=1, le=1_000_000_000)
+    per: PositiveDuration
+    burst: int = Field(0, ge=0, le=1_000_000_000)
+    scope: Literal["Local", "Global"] = "Local"
+    failure_mode: Literal["FailOpen", "FailClosed"] = "FailOpen"
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_number(cls, v: str | None) -> str | None:
+        if v is not None and v.isdigit():
+            raise ValueError(f"{v!r} would read as a limit's index: use a name with a letter")
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, v: list[RateLimitKeySpec]) -> list[RateLimitKeySpec]:
+        seen: set[tuple[str, str | None]] = set()
+        for i, key in enumerate(v):
+            ident = (key.type, key.name.lower() if key.name else None)
+            if ident in seen:
+                raise ValueError(f"[{i}]: the same key twice")
+            seen.add(ident)
+        return v
+
+    @field_validator("failure_mode")
+    @classmethod
+    def _failure_mode_for_global(cls, v: str, info: ValidationInfo) -> str:
+        # Runs only when written; `scope` is declared first (absent if it failed itself).
+        if info.data.get("scope", "Global") != "Global":
+            raise ValueError("is only used with scope Global (a Local limit needs no Redis)")
+        return v
+
+
+class RateLimitPolicySpec(Model):
+    target_ref: RateLimitTargetRef
+    limits: list[RateLimitSpec] = Field(min_length=1)
+
+    @field_validator("limits")
+    @classmethod
+    def _unique_names(cls, v: list[RateLimitSpec]) -> list[RateLimitSpec]:
+        names = [limit.name for limit in v if limit.name is not None]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate limit name {dupes[0]!r}")
+        return v
+
+
+class RateLimitPolicy(Resource):
+    kind: Literal["RateLimitPolicy"] = "RateLimitPolicy"
+    spec: RateLimitPolicySpec
+
+    def rule_name(self, index: int) -> str:
+        """The name the Snapshot gives limit `index`: `<namespace>/<policy>#<name or index>`."""
+        limit = self.spec.limits[index]
+        suffix = limit.name if limit.name is not None else str(index)
+        return f"{self.metadata.namespace}/{self.metadata.name}#{suffix}"
+
+
 KINDS: dict[str, type[Resource]] = {
     "Mesh": Mesh,
     "Service": Service,
     "HTTPRoute": HTTPRoute,
     "DestinationPolicy": DestinationPolicy,
     "AuthorizationPolicy": AuthorizationPolicy,
+    "RateLimitPolicy": RateLimitPolicy,
 }
 
-AnyResource = Mesh | Service | HTTPRoute | DestinationPolicy | AuthorizationPolicy
+AnyResource = Mesh | Service | HTTPRoute | DestinationPolicy | AuthorizationPolicy | RateLimitPolicy

@@ -2,7 +2,8 @@
 
 A resource can be valid on its own and still wrong in its mesh: an HTTPRoute sending traffic to a
 service nobody defined, a DestinationPolicy for a subset that does not exist, an
-AuthorizationPolicy for an unknown service or port. `check` finds these in
+AuthorizationPolicy for an unknown service or port, a Global rate limit in a mesh without Redis.
+`check` finds these in
 a set of loaded resources and points at the offending field; `check_against` does the same for a
 batch being applied on top of what the control plane already stores (a route may name a stored
 service).
@@ -71,12 +72,26 @@ def check_against(
                 )
             )
 
+    unloaded = list(unloaded)
     services: dict[_ServiceKey, models.Service | None] = {
         (u.namespace, u.name): None for u in unloaded if u.kind == "Service"
+    }
+    routes: set[tuple[str, str]] = {
+        (u.namespace, u.name) for u in unloaded if u.kind == "HTTPRoute"
     }
     for r in mesh:
         if isinstance(r.resource, models.Service):
             services[(r.resource.metadata.namespace, r.resource.metadata.name)] = r.resource
+        elif isinstance(r.resource, models.HTTPRoute):
+            routes.add((r.resource.metadata.namespace, r.resource.metadata.name))
+    # A Mesh that failed to load may well set Redis: Global limits are not checked against it.
+    mesh_unknown = any(u.kind == "Mesh" for u in unloaded)
+    first_mesh = meshes[0].resource if meshes else None
+    redis = first_mesh.spec.rate_limit.redis if isinstance(first_mesh, models.Mesh) else None
+    if meshes and meshes[0].key in new and redis is None and not mesh_unknown:
+        # The new policies report this themselves; the stored ones are the Mesh's to report.
+        stored = [r for r in mesh if r.key not in new]
+        found[new[meshes[0].key]].extend(_global_users(meshes[0], stored))
 
     for i in new.values():
         loaded = new_resources[i]
@@ -94,6 +109,10 @@ def check_against(
             found[i].extend(_check_authz(loaded, res, services))
         elif isinstance(res, models.Service):
             found[i].extend(_check_subset_labels(loaded, res))
+        elif isinstance(res, models.RateLimitPolicy):
+            found[i].extend(
+                _check_rate_limit(loaded, res, services, routes, redis is not None or mesh_unknown)
+            )
 
     return [p for group in found for p in sorted(group, key=lambda p: (p.line or 0, p.column or 0))]
 
@@ -121,19 +140,88 @@ def _check_route(
             )
         )
     for r, rule in enumerate(route.spec.rules):
-        for b, backend in enumerate(rule.backend_refs):
+        refs: list[tuple[str, models.HTTPBackendRef | models.HTTPServiceRef]] = [
+            (f"spec.rules[{r}].backendRefs[{b}]", backend)
+            for b, backend in enumerate(rule.backend_refs)
+        ]
+        for f, flt in enumerate(rule.filters):
+            if flt.request_mirror is not None:
+                path = f"spec.rules[{r}].filters[{f}].requestMirror.backendRef"
+                refs.append((path, flt.request_mirror.backend_ref))
+        if rule.fallback is not None and rule.fallback.backend_ref is not None:
+            refs.append((f"spec.rules[{r}].fallback.backendRef", rule.fallback.backend_ref))
+        for path, ref in refs:
             problems.extend(
-                _check_ref(
-                    loaded,
-                    f"spec.rules[{r}].backendRefs[{b}]",
-                    services,
-                    backend.name,
-                    backend.namespace,
-                    backend.port,
-                    backend.subset,
-                )
+                _check_ref(loaded, path, services, ref.name, ref.namespace, ref.port, ref.subset)
             )
     return problems
+
+
+def _check_rate_limit(
+    loaded: Loaded,
+    policy: models.RateLimitPolicy,
+    services: dict[_ServiceKey, models.Service | None],
+    routes: set[tuple[str, str]],
+    has_redis: bool,
+) -> list[Problem]:
+    """The target exists, and Global limits have the Mesh's Redis to share their counts in."""
+    ref = policy.spec.target_ref
+    own = policy.metadata.namespace
+    problems: list[Problem] = []
+    if ref.namespace not in (None, own):
+        return [
+            loaded.problem(
+                "spec.targetRef.namespace",
+                f"{ref.namespace!r}: a RateLimitPolicy applies only in its own namespace "
+                f"({own!r}); create it there",
+            )
+        ]
+    if ref.kind == "Service":
+        problems += _check_ref(loaded, "spec.targetRef", services, ref.name, own, None, None)
+    elif (own, ref.name) not in routes:
+        nearby = [n for (ns, n) in routes if ns == own]
+        problems.append(
+            loaded.problem(
+                "spec.targetRef.name",
+                f"unknown HTTPRoute {ref.name!r}{did_you_mean(ref.name, nearby)}",
+            )
+        )
+    if not has_redis:
+        for i, limit in enumerate(policy.spec.limits):
+            if limit.scope == "Global":
+                problems.append(
+                    loaded.problem(
+                        f"spec.limits[{i}].scope",
+                        f"limit {_limit_label(policy, i)} is Global, but the Mesh sets no "
+                        "spec.rateLimit.redis to share its counts in (add it, or use scope Local)",
+                    )
+                )
+    return problems
+
+
+def _limit_label(policy: models.RateLimitPolicy, index: int) -> str:
+    name = policy.spec.limits[index].name
+    return repr(name) if name is not None else f"#{index}"
+
+
+def _global_users(mesh: Loaded, resources: Sequence[Loaded]) -> list[Problem]:
+    """A Mesh without Redis while RateLimitPolicies have Global limits: they need it."""
+    users = [
+        f"{r.key} {_limit_label(r.resource, i)}"
+        for r in resources
+        if isinstance(r.resource, models.RateLimitPolicy)
+        for i, limit in enumerate(r.resource.spec.limits)
+        if limit.scope == "Global"
+    ]
+    if not users:
+        return []
+    more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+    return [
+        mesh.problem(
+            "spec.rateLimit.redis",
+            f"required by the Global limits of {', '.join(users[:3])}{more}",
+        )
+    ]
 
 
 def _check_ref(

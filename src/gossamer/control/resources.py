@@ -15,6 +15,7 @@ from gossamer.config.models import (
     AnyResource,
     DestinationPolicy,
     HTTPRoute,
+    RateLimitPolicy,
     Resource,
 )
 from gossamer.control.store.base import CompactedError, KeyValue, Store
@@ -77,9 +78,21 @@ def service_users(
                     (f"spec.rules[{j}].backendRefs[{k}]", b.namespace, b.name)
                     for k, b in enumerate(rule.backend_refs)
                 ]
+                for k, f in enumerate(rule.filters):
+                    if f.request_mirror is not None:
+                        m = f.request_mirror.backend_ref
+                        path = f"spec.rules[{j}].filters[{k}].requestMirror.backendRef"
+                        refs.append((path, m.namespace, m.name))
+                fb = rule.fallback
+                if fb is not None and fb.backend_ref is not None:
+                    b = fb.backend_ref
+                    refs.append((f"spec.rules[{j}].fallback.backendRef", b.namespace, b.name))
         elif isinstance(r, DestinationPolicy):
             t = r.spec.target_ref
             refs.append(("spec.targetRef", t.namespace, t.name))
+        elif isinstance(r, RateLimitPolicy) and r.spec.target_ref.kind == "Service":
+            rt = r.spec.target_ref
+            refs.append(("spec.targetRef", rt.namespace, rt.name))
         found += [(r.key, path) for path, ns, n in refs if n == name and (ns or own) == namespace]
     return sorted(found, key=lambda item: item[0])
 

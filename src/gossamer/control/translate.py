@@ -26,7 +26,15 @@ What every proxy gets:
 - the inbound listener for the proxy's own registration, and its SPIFFE identity;
 - `authz`: the AuthorizationPolicies of the proxy's namespace that select its own service (by
   targetRef, or namespace-wide without one), by `namespace/name`, for its inbound listener to
-  enforce; None when there is none, so a mesh without policies gets the Snapshot it always had.
+  enforce; None when there is none, so a mesh without policies gets the Snapshot it always had;
+- outlier detection per cluster: the Mesh's `defaults.outlierDetection`, then the service's
+  DestinationPolicies, then the subset's, each overriding the fields it writes (a whole
+  `successRate` is one field); none of them written: off. Its `minHealthPercent` becomes the load
+  balancer's panic threshold;
+- `rate_limits`: inbound, the limits of the RateLimitPolicies of the proxy's namespace that target
+  its own service; outbound, those targeting an HTTPRoute whose rules this proxy routes by, tied
+  to those rules by name. Each limit is named `<namespace>/<policy>#<name or index>`. None when
+  no policy applies.
 
 A front door (a proxy registered with the label `gossamer.dev/publish: S`, which `gossamer up` runs
 for a Service's `publish: PORT`) gets less: service S's virtual host with its rules, and only the
@@ -48,7 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -61,10 +69,14 @@ from gossamer.config.models import (
     AuthzSource,
     ConnectionPoolSpec,
     DestinationPolicy,
+    HealthCheckSpec,
     HTTPRoute,
     LoadBalancerSpec,
     Mesh,
     MeshSpec,
+    OutlierDetectionSpec,
+    RateLimitPolicy,
+    RateLimitSpec,
     Resource,
     RetryBudgetSpec,
     Service,
@@ -76,6 +88,7 @@ from gossamer.control.translate_routes import (
     TranslateError,
     build_rules,
     cluster_name,
+    match_to_snapshot,
 )
 
 __all__ = ["DEFAULT_RETRY", "PUBLISH_LABEL", "TranslateError", "spiffe_id", "translate"]
@@ -89,7 +102,7 @@ DEFAULT_RETRY = snap.RetryPolicy(attempts=2, retry_on=["connect-failure"])
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=Resource)
 
-_POLICY_FIELDS = ("load_balancer", "connection_pool", "retry_budget")
+_POLICY_FIELDS = ("load_balancer", "connection_pool", "retry_budget", "health_check")
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class _World:
     routes: list[HTTPRoute]  # by namespace/name
     policies: list[DestinationPolicy]  # by namespace/name
     authz: list[AuthorizationPolicy]  # by namespace/name
+    rate_limits: list[RateLimitPolicy]  # by namespace/name
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +136,9 @@ def translate(
 
     Args:
         resources: every applied resource; kinds other than Mesh, Service, HTTPRoute,
-            DestinationPolicy and AuthorizationPolicy are ignored. References to missing services
-            are not errors here (validation reports them): a route to one gets an empty cluster
-            (503), a route attached to one is not served.
+            DestinationPolicy, AuthorizationPolicy and RateLimitPolicy are ignored. References to
+            missing services are not errors here (validation reports them): a route (a mirror, a
+            fallback) to one gets an empty cluster (503), a route attached to one is not served.
         endpoints: every registration in the registry, healthy or not.
         proxy: who asks; its namespace decides bare service names, its id finds its registration.
         trust: the CA's bundle and signer for the Snapshot's `tls`; None leaves them empty.
@@ -181,12 +195,13 @@ def translate(
     clusters.sort(key=lambda c: c.name)
 
     built = snap.Snapshot(
-        proxy=_identity(world, proxy),
+        proxy=_identity(world, regs, proxy),
         listeners=snap.Listeners(inbound=_inbound(world, regs, proxy)),
         virtual_hosts=virtual_hosts,
         clusters=clusters,
         authz=_authz(world, proxy),
         tls=_tls(world, proxy, trust),
+        rate_limits=_rate_limits(world, proxy, virtual_hosts, front_door=front is not None),
     )
     return snap.seal(built)
 
@@ -201,6 +216,7 @@ def _index(resources: Iterable[Resource]) -> _World:
     routes: list[HTTPRoute] = []
     policies: list[DestinationPolicy] = []
     authz: list[AuthorizationPolicy] = []
+    rate_limits: list[RateLimitPolicy] = []
     for r in resources:
         if isinstance(r, Mesh):
             meshes.append(r)
@@ -212,6 +228,8 @@ def _index(resources: Iterable[Resource]) -> _World:
             policies.append(r)
         elif isinstance(r, AuthorizationPolicy):
             authz.append(r)
+        elif isinstance(r, RateLimitPolicy):
+            rate_limits.append(r)
 
     by_key: dict[tuple[str, str], Service] = {
         (s.metadata.namespace, s.metadata.name): s for s in _unique(services)
@@ -222,6 +240,7 @@ def _index(resources: Iterable[Resource]) -> _World:
         routes=_unique(routes),
         policies=_unique(policies),
         authz=_unique(authz),
+        rate_limits=_unique(rate_limits),
     )
 
 
@@ -339,6 +358,7 @@ def _cluster(key: ClusterKey, world: _World, regs: Sequence[Registration]) -> sn
         connect_timeout=mesh.timeouts.connect, idle_timeout=mesh.timeouts.idle
     )
     budget = _budget(mesh.retry_budget)
+    health_check = None
     for field in _POLICY_FIELDS:
         value = _policy_field(world.policies, key, field)
         if isinstance(value, LoadBalancerSpec):
@@ -347,6 +367,11 @@ def _cluster(key: ClusterKey, world: _World, regs: Sequence[Registration]) -> sn
             pool = _pool(value, world.mesh)
         elif isinstance(value, RetryBudgetSpec):
             budget = _budget(value)
+        elif isinstance(value, HealthCheckSpec):
+            health_check = _health_check(value)
+    outlier, panic_threshold = _outlier_detection(world, key)
+    if panic_threshold:
+        load_balancer = msgspec.structs.replace(load_balancer, panic_threshold=panic_threshold)
 
     return snap.Cluster(
         name=cluster_name(key),
@@ -358,6 +383,8 @@ def _cluster(key: ClusterKey, world: _World, regs: Sequence[Registration]) -> sn
         retry_budget=budget,
         endpoints=endpoints,
         tls=_upstream_tls(world, ns, name, service),
+        outlier_detection=outlier,
+        health_check=health_check,
     )
 
 
@@ -382,22 +409,90 @@ def _upstream_tls(
     )
 
 
-def _policy_field(policies: Sequence[DestinationPolicy], key: ClusterKey, field: str) -> object:
-    """The first setting of `field` for this cluster: subset-level policies, then service-level."""
+def _targeting(
+    policies: Sequence[DestinationPolicy], key: ClusterKey
+) -> list[list[DestinationPolicy]]:
+    """The policies for this cluster by level, most specific first: its subset's, its service's;
+    within a level by namespace/name."""
     name, ns, subset = key
     levels = [subset, None] if subset is not None else [None]
-    for level in levels:
-        for p in policies:
-            target = p.spec.target_ref
-            if (
-                target.name == name
-                and (target.namespace or p.metadata.namespace) == ns
-                and target.subset == level
-            ):
-                value = getattr(p.spec, field)
-                if value is not None:
-                    return value
+    return [
+        [
+            p
+            for p in policies
+            if p.spec.target_ref.name == name
+            and (p.spec.target_ref.namespace or p.metadata.namespace) == ns
+            and p.spec.target_ref.subset == level
+        ]
+        for level in levels
+    ]
+
+
+def _policy_field(policies: Sequence[DestinationPolicy], key: ClusterKey, field: str) -> object:
+    """The first setting of `field` for this cluster: subset-level policies, then service-level."""
+    for level in _targeting(policies, key):
+        for p in level:
+            value = getattr(p.spec, field)
+            if value is not None:
+                return value
     return None
+
+
+def _outlier_detection(
+    world: _World, key: ClusterKey
+) -> tuple[snap.OutlierDetection | None, float]:
+    """The cluster's outlier detection and panic threshold, folded per field written: the Mesh
+    default, then service-level policies, then subset-level ones (the first by namespace/name
+    winning within a level). Nothing written anywhere: off."""
+    layers: list[OutlierDetectionSpec] = []
+    if world.mesh.defaults.outlier_detection is not None:
+        layers.append(world.mesh.defaults.outlier_detection)
+    for level in reversed(_targeting(world.policies, key)):
+        layers += [p.spec.outlier_detection for p in reversed(level) if p.spec.outlier_detection]
+    if not layers:
+        return None, 0.0
+    folded: dict[str, Any] = {}
+    for layer in layers:
+        folded.update({f: getattr(layer, f) for f in layer.model_fields_set})
+    # The folded fields over the model's defaults; not validated again, since fields from
+    # different layers were each valid alone (a ceiling below a base is mended below).
+    spec = OutlierDetectionSpec.model_construct(**folded)
+    panic = float(spec.min_health_percent)
+    five = spec.consecutive_5xx_errors or None
+    gateway = spec.consecutive_gateway_errors or None
+    rate = spec.success_rate
+    if five is None and gateway is None and rate is None:
+        return None, panic
+    return (
+        snap.OutlierDetection(
+            consecutive_5xx=five,
+            consecutive_gateway_errors=gateway,
+            interval=spec.interval,
+            base_ejection_time=spec.base_ejection_time,
+            max_ejection_time=max(spec.max_ejection_time, spec.base_ejection_time),
+            max_ejection_percent=float(spec.max_ejection_percent),
+            success_rate=(
+                snap.SuccessRateEjection(
+                    minimum_hosts=rate.minimum_hosts,
+                    request_volume=rate.request_volume,
+                    stdev_factor=float(rate.stdev_factor),
+                )
+                if rate is not None
+                else None
+            ),
+        ),
+        panic,
+    )
+
+
+def _health_check(spec: HealthCheckSpec) -> snap.HealthCheck:
+    return snap.HealthCheck(
+        path=spec.path,
+        interval=spec.interval,
+        timeout=spec.timeout,
+        healthy_threshold=spec.healthy_threshold,
+        unhealthy_threshold=spec.unhealthy_threshold,
+    )
 
 
 def _load_balancer(spec: LoadBalancerSpec) -> snap.LoadBalancer:
@@ -409,7 +504,9 @@ def _load_balancer(spec: LoadBalancerSpec) -> snap.LoadBalancer:
             cookie=h.http_cookie,
             minimum_ring_size=h.minimum_ring_size,
         )
-    return snap.LoadBalancer(policy=spec.policy, ring_hash=ring)
+    return snap.LoadBalancer(
+        policy=spec.policy, ring_hash=ring, locality=spec.locality_lb_setting.enabled
+    )
 
 
 def _pool(spec: ConnectionPoolSpec, mesh: MeshSpec) -> snap.ConnectionPool:
@@ -425,6 +522,8 @@ def _pool(spec: ConnectionPoolSpec, mesh: MeshSpec) -> snap.ConnectionPool:
         connect_timeout=spec.connect_timeout
         if spec.connect_timeout is not None
         else timeouts.connect,
+        max_requests=spec.max_requests,
+        max_retries=spec.max_retries,
     )
 
 
@@ -446,11 +545,19 @@ def _inbound(
     return snap.InboundListener(app_port=reg.app_port, protocol=protocol)
 
 
-def _identity(world: _World, proxy: snap.ProxyIdentity) -> snap.ProxyIdentity:
+def _identity(
+    world: _World, regs: Sequence[Registration], proxy: snap.ProxyIdentity
+) -> snap.ProxyIdentity:
+    """The proxy with its SPIFFE ID, and its zone from its registration unless it has one."""
     service = world.services.get((proxy.namespace, proxy.service))
     account = _account(service, proxy.service)
+    zone = proxy.zone
+    if zone is None:
+        zone = next((r.zone for r in regs if r.proxy_id == proxy.proxy_id), None)
     return msgspec.structs.replace(
-        proxy, spiffe_id=spiffe_id(world.mesh.trust_domain, proxy.namespace, account)
+        proxy,
+        spiffe_id=spiffe_id(world.mesh.trust_domain, proxy.namespace, account),
+        zone=zone,
     )
 
 
@@ -521,3 +628,77 @@ def _authz_operation(op: AuthzOperation) -> snap.AuthzOperation:
 
 def _authz_path(path: AuthzPathMatch) -> snap.AuthzPath:
     return snap.AuthzPath(type=path.type, value=path.value)
+
+
+def _rate_limits(
+    world: _World,
+    proxy: snap.ProxyIdentity,
+    virtual_hosts: Sequence[snap.VirtualHost],
+    *,
+    front_door: bool,
+) -> snap.RateLimits | None:
+    """The limits this proxy enforces: inbound for its own service, outbound for the routes whose
+    rules it routes by (a consumer route elsewhere, or a front door's narrowing, leaves a route's
+    rules out of this proxy's tables, and with them its limits). A front door has no inbound
+    listener: its service's replicas enforce their inbound limits themselves."""
+    routed = {rule.name for v in virtual_hosts for rule in v.rules}
+    inbound: list[snap.RateLimitRule] = []
+    outbound: list[snap.RateLimitRule] = []
+    for policy in world.rate_limits:
+        ns = policy.metadata.namespace
+        ref = policy.spec.target_ref
+        if ref.kind == "Service":
+            if not front_door and (ns, ref.name) == (proxy.namespace, proxy.service):
+                inbound += _limits(world, policy, [])
+            continue
+        route = next(
+            (r for r in world.routes if (r.metadata.namespace, r.metadata.name) == (ns, ref.name)),
+            None,
+        )
+        if route is None:
+            continue
+        names = [f"{ns}/{ref.name}#{i}" for i in range(len(route.spec.rules))]
+        rules = [n for n in names if n in routed]
+        if rules:
+            outbound += _limits(world, policy, rules)
+    if not inbound and not outbound:
+        return None
+    redis = world.mesh.rate_limit.redis
+    needs_redis = any(r.scope == "Global" for r in (*inbound, *outbound))
+    server = None
+    if redis is not None and needs_redis:
+        server = snap.RedisServer(
+            address=redis.address, timeout=redis.timeout, key_prefix=redis.key_prefix
+        )
+    return snap.RateLimits(inbound=inbound, outbound=outbound, redis=server)
+
+
+def _limits(
+    world: _World, policy: RateLimitPolicy, route_rules: list[str]
+) -> list[snap.RateLimitRule]:
+    return [
+        _limit(policy.rule_name(i), limit, route_rules, world.mesh.rate_limit.redis is not None)
+        for i, limit in enumerate(policy.spec.limits)
+    ]
+
+
+def _limit(
+    name: str, spec: RateLimitSpec, route_rules: list[str], has_redis: bool
+) -> snap.RateLimitRule:
+    # Validation refuses a Global limit without the Mesh's Redis; one can still be stored when
+    # the Mesh loses it later. Each proxy then counts alone (Local) rather than NACK the Snapshot.
+    scope: snap.RateLimitScope = spec.scope if has_redis else "Local"
+    return snap.RateLimitRule(
+        name=name,
+        matches=[match_to_snapshot(m) for m in spec.matches],
+        route_rules=list(route_rules),
+        keys=[
+            snap.RateLimitKey(type=k.type, name=k.name.lower() if k.name else None)
+            for k in spec.keys
+        ],
+        requests=spec.requests,
+        period=spec.per,
+        burst=spec.burst,
+        scope=scope,
+        failure_mode=spec.failure_mode if scope == "Global" else "FailOpen",
+    )

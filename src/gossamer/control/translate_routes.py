@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from gossamer import snapshot as snap
 from gossamer.config.models import (
     HTTPBackendRef,
+    HTTPFaultFilter,
     HTTPHeaderFilter,
     HTTPPathModifier,
     HTTPRoute,
+    HTTPRouteFallback,
     HTTPRouteFilter,
     HTTPRouteMatch,
     HTTPRouteRetry,
     HTTPRouteRule,
+    HTTPServiceRef,
 )
 
 # (service, namespace, subset): the identity of a cluster before it gets its name.
@@ -119,7 +122,7 @@ def build_rules(
                 entries.append(_Entry(key, rule_id, None))
             for m_index, match in enumerate(rule.matches):
                 key = (*match_precedence(match), ns, name, index, m_index)
-                entries.append(_Entry(key, rule_id, _match(match)))
+                entries.append(_Entry(key, rule_id, match_to_snapshot(match)))
     entries.sort(key=lambda e: e.key)
 
     rules: list[snap.RouteRule] = []
@@ -145,13 +148,28 @@ def _merge(rule: snap.RouteRule, run: list[_Entry]) -> snap.RouteRule:
         backends=rule.backends,
         timeouts=rule.timeouts,
         retry=rule.retry,
+        fallback=rule.fallback,
     )
 
 
 def _backend_keys(rule: HTTPRouteRule, namespace: str, parent: ClusterKey) -> set[ClusterKey]:
+    """Every cluster the rule may send to: its backends, mirrors and fallback backend."""
+    keys: set[ClusterKey] = {_ref_key(ref, namespace) for ref in _side_refs(rule)}
     if not rule.backend_refs:
-        return set() if _redirects(rule) else {parent}
-    return {(b.name, b.namespace or namespace, b.subset) for b in rule.backend_refs}
+        return keys if _redirects(rule) else keys | {parent}
+    return keys | {(b.name, b.namespace or namespace, b.subset) for b in rule.backend_refs}
+
+
+def _side_refs(rule: HTTPRouteRule) -> list[HTTPServiceRef]:
+    """The services a rule names besides its backends: mirror targets and a fallback backend."""
+    refs = [f.request_mirror.backend_ref for f in rule.filters if f.request_mirror is not None]
+    if rule.fallback is not None and rule.fallback.backend_ref is not None:
+        refs.append(rule.fallback.backend_ref)
+    return refs
+
+
+def _ref_key(ref: HTTPServiceRef, namespace: str) -> ClusterKey:
+    return (ref.name, ref.namespace or namespace, ref.subset)
 
 
 def _redirects(rule: HTTPRouteRule) -> bool:
@@ -185,11 +203,15 @@ def _rule(
         backend_request = rule.timeouts.backend_request
     return snap.RouteRule(
         name=name,
-        filters=[convert_filter(f, f"{where}.filters[{i}]") for i, f in enumerate(rule.filters)],
+        filters=[
+            convert_filter(f, f"{where}.filters[{i}]", namespace)
+            for i, f in enumerate(rule.filters)
+        ],
         backends=backends,
         # Gateway API: a zero duration disables the timeout; the Snapshot says that with None.
         timeouts=snap.Timeouts(request=request or None, backend_request=backend_request or None),
         retry=convert_retry(rule.retry) if rule.retry is not None else defaults.retry,
+        fallback=_fallback(rule.fallback, namespace) if rule.fallback is not None else None,
     )
 
 
@@ -198,11 +220,36 @@ def _backend(ref: HTTPBackendRef, namespace: str, where: str) -> snap.WeightedCl
     return snap.WeightedCluster(
         cluster=cluster_name(key),
         weight=ref.weight,
-        filters=[convert_filter(f, f"{where}.filters[{i}]") for i, f in enumerate(ref.filters)],
+        filters=[
+            convert_filter(f, f"{where}.filters[{i}]", namespace) for i, f in enumerate(ref.filters)
+        ],
     )
 
 
-def _match(match: HTTPRouteMatch) -> snap.RouteMatch:
+def _fallback(spec: HTTPRouteFallback, namespace: str) -> snap.Fallback:
+    """The rule's fallback; a backendRef to a missing service gets an empty cluster, as a
+    backend does (validation reports it), so the response (if any) is served after it."""
+    backend = None
+    if spec.backend_ref is not None:
+        backend = snap.WeightedCluster(cluster=cluster_name(_ref_key(spec.backend_ref, namespace)))
+    response = None
+    if spec.response is not None:
+        r = spec.response
+        response = snap.StaticResponse(
+            status=r.status,
+            headers=[snap.HeaderValue(name=h.name.lower(), value=h.value) for h in r.headers],
+            body=r.body,
+        )
+    extra: dict[str, int] = {}
+    if spec.max_body_bytes is not None:
+        extra["max_body_bytes"] = spec.max_body_bytes
+    if spec.max_entries is not None:
+        extra["max_entries"] = spec.max_entries
+    return snap.Fallback(max_stale=spec.max_stale, backend=backend, response=response, **extra)
+
+
+def match_to_snapshot(match: HTTPRouteMatch) -> snap.RouteMatch:
+    """One HTTPRouteMatch (of a rule, or of a rate limit) in the Snapshot's form."""
     return snap.RouteMatch(
         path=(
             snap.PathMatch(type=match.path.type, value=match.path.value)
@@ -233,8 +280,11 @@ def convert_retry(retry: HTTPRouteRetry) -> snap.RetryPolicy:
     )
 
 
-def convert_filter(f: HTTPRouteFilter, where: str) -> snap.RouteFilter:
-    """One route or backend filter in the Snapshot's tagged form; header names are lower-cased."""
+def convert_filter(f: HTTPRouteFilter, where: str, namespace: str) -> snap.RouteFilter:
+    """One route or backend filter in the Snapshot's tagged form; header names are lower-cased.
+
+    `namespace` is the route's: a mirror's backendRef without one names a service there.
+    """
     if f.type == "RequestHeaderModifier" and f.request_header_modifier is not None:
         return snap.RequestHeaderModifierFilter(
             request_header_modifier=_headers(f.request_header_modifier)
@@ -262,7 +312,36 @@ def convert_filter(f: HTTPRouteFilter, where: str) -> snap.RouteFilter:
                 path=_path(u.path),
             )
         )
+    if f.type == "Fault" and f.fault is not None:
+        return snap.FaultFilter(fault=_fault(f.fault))
+    if f.type == "RequestMirror" and f.request_mirror is not None:
+        m = f.request_mirror
+        return snap.RequestMirrorFilter(
+            request_mirror=snap.RequestMirror(
+                cluster=cluster_name(_ref_key(m.backend_ref, namespace)),
+                percentage=m.percentage,
+            )
+        )
     raise TranslateError(f"{where}: filter of type {f.type} has no matching configuration")
+
+
+def _fault(spec: HTTPFaultFilter) -> snap.Fault:
+    delay = abort = None
+    if spec.delay is not None:
+        delay = snap.FaultDelay(
+            fixed_delay=spec.delay.fixed_delay, percentage=float(spec.delay.percentage)
+        )
+    if spec.abort is not None:
+        abort = snap.FaultAbort(
+            http_status=spec.abort.http_status, percentage=float(spec.abort.percentage)
+        )
+    return snap.Fault(
+        delay=delay,
+        abort=abort,
+        headers=[
+            snap.HeaderMatch(name=h.name.lower(), value=h.value, type=h.type) for h in spec.headers
+        ],
+    )
 
 
 def _headers(h: HTTPHeaderFilter) -> snap.HeaderModifier:

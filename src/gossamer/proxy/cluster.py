@@ -10,9 +10,20 @@ cluster; a request that finds no idle connection and no free slot waits in `pend
 the first waiter: directly when the waiter chose the same endpoint, else it is closed and its slot
 used to connect to the waiter's endpoint.
 
-Fail-fast (proxy/failfast.py): an endpoint that cannot be reached is out of the balancer for a
-backoff. Panic rule (Envoy's panic threshold): when the balancer has nothing available, a pick
-falls back to every healthy endpoint, so a blip that marked them all does not blackhole the cluster.
+Circuit breaking (proxy/breaker.py): besides connections and pending requests, at most
+`max_requests` requests and `max_retries` retries in flight; past a limit the exchange answers
+`overflow` (counted in `gossamer_proxy_overflows_total{cluster,limit}`).
+
+Taking endpoints out, each mechanism with its own `ejected` bit: fail-fast (proxy/failfast.py),
+an endpoint that cannot be reached, for a backoff; outlier detection (proxy/outlier.py), fed by
+`on_try_result`; active health checks (proxy/health.py). Panic rule (Envoy's panic threshold):
+when fewer than `panic_threshold` percent of the healthy endpoints are available, or none at all,
+a pick falls back to every healthy endpoint, so a blip that marked them all does not blackhole
+the cluster. Locality (loadbalance/locality.py): with the proxy's zone, endpoints in that zone are
+preferred while enough of them are available.
+
+A cluster without outlier detection, health checks, zones or a panic threshold pays nothing for
+them per request: each is an attribute tested for None or 0.
 """
 
 from __future__ import annotations
@@ -24,7 +35,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from gossamer import snapshot as snap
+from gossamer.proxy.breaker import resilience_metrics
 from gossamer.proxy.failfast import FailFast, ejections_counter
+from gossamer.proxy.health import HealthChecker
 from gossamer.proxy.loadbalance import (
     EndpointState,
     HashKeyExtractor,
@@ -32,6 +45,8 @@ from gossamer.proxy.loadbalance import (
     make_balancer,
     reconcile,
 )
+from gossamer.proxy.loadbalance.locality import LocalityBalancer, splits
+from gossamer.proxy.outlier import OutlierDetector
 from gossamer.proxy.retry import RetryBudget
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics
 from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
@@ -57,9 +72,15 @@ class ClusterRuntime:
         direction: str,
         max_header_bytes: int = 65536,
         rand: random.Random | None = None,
+        zone: str | None = None,
     ) -> None:
-        """Raises ValueError naming the cluster when its spec cannot be applied."""
+        """Raises ValueError naming the cluster when its spec cannot be applied.
+
+        `zone` is the proxy's own zone (Snapshot `proxy.zone`): with it, the balancer prefers
+        endpoints in that zone (when the spec's `load_balancer.locality` is on).
+        """
         self.loop = loop
+        self.zone = zone
         self.name = spec.name
         self.max_header_bytes = max_header_bytes
         self.rand = rand if rand is not None else random.Random()
@@ -70,13 +91,23 @@ class ClusterRuntime:
         self.pools: dict[str, EndpointPool] = {}
         self.endpoints: list[EndpointState] = []
         self.spec = spec
-        self.balancer: LoadBalancer = make_balancer(spec, self.rand, loop.time)
+        # The plain balancer over all endpoints, and the zone-aware one used instead while the
+        # endpoints are split between this proxy's zone and others.
+        self._plain: LoadBalancer = make_balancer(spec, self.rand, loop.time)
+        self._locality: LocalityBalancer | None = None
+        self.balancer: LoadBalancer = self._plain
         self.failfast = FailFast(loop.time, self.rand, ejections_counter(metrics).labels(spec.name))
+        families = resilience_metrics(metrics)
+        self.overflows = families.overflow_children(spec.name)
+        self._ejections = families.ejection_children(spec.name)
+        self._ejected_gauge = families.ejected_gauge(spec.name)
+        self._health_results = families.health_children(spec.name)
+        self.outlier: OutlierDetector | None = None
+        self.health: HealthChecker | None = None
+        self._tls: OutboundTls | None = None
         self.hash_key: HashKeyExtractor | None = None
         # Whether any route retries on this cluster; only then do requests feed the budget.
         self.count_for_budget = True
-        # Set by DataPlane.apply from the spec's `tls`: None connects in plaintext.
-        self.tls: OutboundTls | None = None
         self.active_requests = 0  # exchanges between start_request and end_request
         self.active_retries = 0
         self._configure(spec)
@@ -97,6 +128,40 @@ class ClusterRuntime:
         self.hash_key = HashKeyExtractor(lb.ring_hash) if lb.policy == "RING_HASH" else None
         # Only these balancers read active requests and latency; others skip the bookkeeping.
         self.track_load = lb.policy in ("LEAST_REQUEST", "PEAK_EWMA")
+        self.panic_threshold = min(100.0, max(0.0, lb.panic_threshold))
+        od = spec.outlier_detection
+        if od is None:
+            if self.outlier is not None:
+                self.outlier.close()
+                self.outlier = None
+        elif self.outlier is None:
+            self.outlier = OutlierDetector(self.loop, od, self._ejections, self._ejected_gauge)
+        else:
+            self.outlier.configure(od)
+        hc = spec.health_check
+        if hc is None:
+            if self.health is not None:
+                self.health.close()
+                self.health = None
+        elif self.health is None:
+            self.health = HealthChecker(
+                self.loop, spec.name, spec.service, hc, self._health_results, self.rand
+            )
+            self.health.tls = self._tls
+        else:
+            self.health.configure(hc)
+
+    @property
+    def tls(self) -> OutboundTls | None:
+        """How to connect to the endpoints: None in plaintext, else the cluster's mTLS (set by
+        DataPlane.apply from the spec's `tls`; health checks use it too)."""
+        return self._tls
+
+    @tls.setter
+    def tls(self, value: OutboundTls | None) -> None:
+        self._tls = value
+        if self.health is not None:
+            self.health.tls = value
 
     def _set_endpoints(self, spec: snap.Cluster) -> None:
         states = reconcile(self.endpoints, spec.endpoints, self.loop.time)
@@ -110,7 +175,22 @@ class ClusterRuntime:
                 pool.close_idle()
         self.endpoints = states
         self.pools = pools
+        if self.zone and spec.load_balancer.locality and splits(states, self.zone):
+            if self._locality is None or self._locality.zone != self.zone:
+                self._locality = LocalityBalancer(
+                    self.zone,
+                    lambda: make_balancer(spec, self.rand, self.loop.time),
+                    self.rand.random,
+                )
+            self.balancer = self._locality
+        else:
+            self._locality = None
+            self.balancer = self._plain
         self.balancer.update(states)
+        if self.outlier is not None:
+            self.outlier.set_endpoints(states)
+        if self.health is not None:
+            self.health.set_endpoints(states)
 
     @staticmethod
     def check(spec: snap.Cluster, loop: asyncio.AbstractEventLoop) -> None:
@@ -123,12 +203,20 @@ class ClusterRuntime:
         old = self.spec
         self.spec = spec
         if spec.load_balancer != old.load_balancer:
-            self.balancer = make_balancer(spec, self.rand, self.loop.time)
+            self._plain = make_balancer(spec, self.rand, self.loop.time)
+            self._locality = None
         self._configure(spec)
         self._set_endpoints(spec)
 
     def close(self) -> None:
-        """The cluster left the Snapshot: close idle connections now, busy ones when done."""
+        """The cluster left the Snapshot: close idle connections now, busy ones when done; stop
+        health checks and outlier detection's timer."""
+        if self.health is not None:
+            self.health.close()
+            self.health = None
+        if self.outlier is not None:
+            self.outlier.close()
+            self.outlier = None
         for pool in self.pools.values():
             pool.removed = True
             pool.close_idle()
@@ -142,7 +230,10 @@ class ClusterRuntime:
     # status or, for a try that got none, 503 (connect failure), 502 (reset) or 504 (timeout).
 
     def start_request(self) -> bool:
+        """A request may start (True: call end_request() once when it is finished), or the
+        cluster has `max_requests` in flight (False: answer `overflow`; counted)."""
         if self.active_requests >= self.max_requests:
+            self.overflows.requests.value += 1
             return False
         self.active_requests += 1
         return True
@@ -152,7 +243,10 @@ class ClusterRuntime:
             self.active_requests -= 1
 
     def start_retry(self) -> bool:
+        """A retry may be scheduled (True: call end_retry() once when its try ends), or the
+        cluster has `max_retries` in flight (False: no retry; counted)."""
         if self.active_retries >= self.max_retries:
+            self.overflows.retries.value += 1
             return False
         self.active_retries += 1
         return True
@@ -162,12 +256,39 @@ class ClusterRuntime:
             self.active_retries -= 1
 
     def on_try_result(self, endpoint: EndpointState, status: int) -> None:
-        """Outlier detection's input (proxy/outlier.py)."""
+        """Outlier detection's input (proxy/outlier.py): a try's response status, or 503
+        (connect failure), 502 (reset) or 504 (timeout) for one that got none."""
+        outlier = self.outlier
+        if outlier is not None:
+            outlier.on_result(endpoint, status)
+
+    def in_panic(self) -> bool:
+        """Whether fewer than `panic_threshold` percent of the healthy endpoints are available
+        (O(endpoints); asked only while something is ejected and a threshold is set)."""
+        healthy = available = 0
+        for e in self.endpoints:
+            if e.healthy and e.weight > 0:
+                healthy += 1
+                if not e.ejected:
+                    available += 1
+        return healthy > 0 and available * 100.0 < self.panic_threshold * healthy
+
+    def _something_ejected(self) -> bool:
+        outlier = self.outlier
+        health = self.health
+        return bool(
+            self.failfast.marked
+            or (outlier is not None and outlier.ejected)
+            or (health is not None and health.down)
+        )
 
     def pick(self, head: RequestHead, tried: list[EndpointPool] | None) -> EndpointPool | None:
         """An endpoint for a try; a retry avoids endpoints already tried while others are up."""
         if self.failfast.marked:
             self.failfast.expire()
+        if self.panic_threshold and self._something_ejected() and self.in_panic():
+            state = self._panic_pick(tried)
+            return self.pools[state.address] if state is not None else None
         key = self.hash_key(head) if self.hash_key is not None else None
         state = self.balancer.pick(key)
         if state is None:
@@ -211,7 +332,9 @@ class ClusterRuntime:
         if self.connections < self.max_connections:
             pool.connect(exchange)
             return None
+        self.overflows.connections.value += 1
         if len(self.pending) >= self.max_pending:
+            self.overflows.pending.value += 1
             raise Overflow(self.name)
         exchange.waiting_pool = pool
         self.pending.append(exchange)
@@ -240,9 +363,11 @@ class ClusterRuntime:
             if pool is conn.pool:
                 waiter.on_connection(conn, reused=True)
             else:
-                conn.close()  # its slot goes to the waiter through on_connection_gone
+                # Back at the head of the queue first: closing hands the slot to the first
+                # waiter (on_connection_gone), which must be this one.
                 self.pending.appendleft(waiter)
                 waiter.waiting_pool = pool
+                conn.close()
             return True
         return False
 

@@ -32,12 +32,17 @@ from gossamer.proxy.exchange import Exchange
 from gossamer.telemetry.metrics import CounterChild
 
 if TYPE_CHECKING:
+    from gossamer.filters.ratelimit import Decision as RateLimitDecision
     from gossamer.proxy.accesslog import AccessLog
+    from gossamer.proxy.cluster import ClusterRuntime
     from gossamer.proxy.dataplane import Listener
+    from gossamer.proxy.exchange import RulePlan
+    from gossamer.proxy.router import Backend, RouteMatch
 
 log = logging.getLogger("gossamer.proxy.connection")
 
 READ_PIPELINE = 1  # a pipelined request waits for the current response
+READ_RATE_LIMIT = 64  # a request waits for a Global rate limit's answer from Redis
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
@@ -316,6 +321,30 @@ class DownstreamConnection(asyncio.BaseProtocol):
                     )
                     return
             cluster = app
+        # Rate limits (filters/ratelimit.py): inbound after authz, outbound after routing, so a
+        # rule sees the matched route rule. A Global rule may have to wait for Redis: then the
+        # request (not the loop) pauses in a _RateLimitWait until `_rate_limit_done`.
+        rate_limits = tables.rate_limits
+        if rate_limits is not None:
+            limiter = rate_limits.outbound if listener.outbound else rate_limits.inbound
+            if limiter is not None:
+                verdict = limiter.check(
+                    head,
+                    route.rule.name if route is not None else None,
+                    self.peer_spiffe_id,
+                    self.client_ip,
+                    self._rate_limit_done,
+                )
+                if verdict is None:
+                    wait = _RateLimitWait(head, body_length, cluster, plan, route, backend)
+                    self.exchange = cast(Exchange, wait)
+                    self.pause_reading(READ_RATE_LIMIT)
+                    return
+                if not verdict.allowed:
+                    self._start_local(
+                        flags.RATE_LIMITED, verdict.message, extra_headers=verdict.headers
+                    )
+                    return
         exchange = Exchange(
             self,
             self.loop,
@@ -348,6 +377,48 @@ class DownstreamConnection(asyncio.BaseProtocol):
             exchange.on_request_end()
             if self.resp_done:
                 self._cycle_done()
+
+    def _rate_limit_done(self, decision: RateLimitDecision) -> None:
+        """Redis answered for the request waiting in a _RateLimitWait: start it or refuse it."""
+        wait = self.exchange
+        if not isinstance(wait, _RateLimitWait) or self.closed:
+            return  # the client went away meanwhile
+        try:
+            if not decision.allowed:
+                self._start_local(
+                    flags.RATE_LIMITED, decision.message, extra_headers=decision.headers
+                )
+            else:
+                exchange = Exchange(
+                    self,
+                    self.loop,
+                    wait.head,
+                    wait.body_length,
+                    wait.cluster,
+                    wait.plan,
+                    wait.route,
+                    wait.backend,
+                    self.listener.settings.retry_buffer_bytes,
+                    self.listener.dataplane.deadlines,
+                )
+                self.exchange = exchange
+                exchange.start()
+                # What arrived while the decision was pending goes to whatever serves the request
+                # now: a backend fallback may have taken over from `exchange` as it started.
+                for chunk in wait.body:
+                    current = self.exchange
+                    if current is not None:
+                        current.on_request_body(chunk)
+                current = self.exchange
+                if wait.ended and current is not None:
+                    current.on_request_end()
+                    if self.resp_done:
+                        self._cycle_done()
+        except Exception:
+            log.exception("unexpected error starting a request after its rate-limit decision")
+            self._internal_error()
+            return
+        self.resume_reading(READ_RATE_LIMIT)
 
     def _queue(self, kind: int, item: object, body_length: int, keep_alive: bool) -> None:
         if self.backlog is None:
@@ -416,7 +487,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 self.transport.write(LAST_CHUNK)
         access = self.access
         if access is not None:
-            access.request(self, getattr(self.exchange, "status", 0), None)
+            # `flag`: set only for a response a rule's fallback served (`fallback,<cause>`).
+            exchange = self.exchange
+            access.request(self, getattr(exchange, "status", 0), getattr(exchange, "flag", None))
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -623,6 +696,49 @@ class DownstreamConnection(asyncio.BaseProtocol):
         self.backlog = None
         self.send_local(_INTERNAL_FLAG, "internal error in the proxy", 500, close=True)
         self.exchange = None
+
+
+class _RateLimitWait:
+    """Stands in for the exchange while a Global rate limit waits for Redis: keeps what the
+    request needs to start and the body that arrives meanwhile (reading is paused, so at most
+    one read's worth)."""
+
+    __slots__ = ("backend", "body", "body_length", "cluster", "ended", "head", "plan", "route")
+
+    response_started = False
+
+    def __init__(
+        self,
+        head: RequestHead,
+        body_length: int,
+        cluster: ClusterRuntime,
+        plan: RulePlan | None,
+        route: RouteMatch | None,
+        backend: Backend | None,
+    ) -> None:
+        self.head = head
+        self.body_length = body_length
+        self.cluster = cluster
+        self.plan = plan
+        self.route = route
+        self.backend = backend
+        self.body: list[bytes] = []
+        self.ended = False
+
+    def on_request_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_request_end(self) -> None:
+        self.ended = True
+
+    def on_downstream_lost(self) -> None:
+        self.body.clear()
+
+    def on_downstream_pause_writing(self) -> None:
+        pass
+
+    def on_downstream_resume_writing(self) -> None:
+        pass
 
 
 class _Discard:

@@ -7,14 +7,17 @@ import random
 from dataclasses import dataclass
 
 from gossamer import snapshot as snap
+from gossamer.filters import ratelimit
 from gossamer.filters.authz import AuthzCompileError
 from gossamer.proxy import failfast
 from gossamer.proxy.accesslog import AccessLog, open_target
 from gossamer.proxy.authorize import Authorizer
+from gossamer.proxy.breaker import resilience_metrics
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.exchange import RulePlan
+from gossamer.proxy.fallback import resilience_counters
 from gossamer.proxy.mtls import InboundAcceptor, OutboundTls, PreparedBundle, TlsState
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
@@ -64,7 +67,7 @@ class SnapshotError(Exception):
 class Tables:
     """Everything compiled from one Snapshot; swapped as a whole by `DataPlane.apply`."""
 
-    __slots__ = ("app", "authz", "clusters", "plans", "routes", "snapshot")
+    __slots__ = ("app", "authz", "clusters", "plans", "rate_limits", "routes", "snapshot")
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class Tables:
         plans: dict[int, RulePlan],
         app: ClusterRuntime | None,
         authz: Authorizer | None = None,
+        rate_limits: ratelimit.RateLimitTables | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.routes = routes
@@ -81,6 +85,8 @@ class Tables:
         self.plans = plans  # by id() of the Snapshot's RouteRule objects, kept alive by `snapshot`
         self.app = app
         self.authz = authz  # None: no AuthorizationPolicy selects this service (no check at all)
+        # None: no RateLimitPolicy applies to this proxy (no check at all, either direction).
+        self.rate_limits = rate_limits
 
 
 class Listener:
@@ -122,6 +128,11 @@ class DataPlane:
         self.settings = settings
         self.metrics = DataPlaneMetrics(metrics)
         metrics.register(failfast.ejections_counter(self.metrics))
+        self.rate_limit_metrics = ratelimit.RateLimitMetrics(metrics)
+        for family in resilience_metrics(self.metrics).families():
+            metrics.register(family)
+        for counter in resilience_counters(self.metrics).all():  # fallbacks, faults, mirrors
+            metrics.register(counter)
         self.rand = random.Random()
         self.draining = False
         self.drained: asyncio.Future[None] | None = None
@@ -189,7 +200,13 @@ class DataPlane:
     def apply(self, snapshot: Snapshot) -> None:
         """Compile `snapshot` and swap it in; on any problem raise SnapshotError, keep the old."""
         try:
-            routes = RouteTable.compile(snapshot, self.settings.default_host)
+            routes = RouteTable.compile(
+                snapshot,
+                self.settings.default_host,
+                counters=resilience_counters(self.metrics),
+                clock=self.loop.time,
+                previous=self.tables.routes,
+            )
         except RouteCompileError as exc:
             raise SnapshotError(exc.reason) from None
         plans: dict[int, RulePlan] = {}
@@ -226,6 +243,18 @@ class DataPlane:
                 authorizer = Authorizer(snapshot.authz, self.metrics, self.loop.time)
             except AuthzCompileError as exc:
                 raise SnapshotError(f"authz: {exc}") from None
+        rate_limits = None
+        if snapshot.rate_limits is not None:
+            try:
+                rate_limits = ratelimit.compile_tables(
+                    snapshot.rate_limits,
+                    self.tables.rate_limits,
+                    self.loop.time,
+                    self.rate_limit_metrics,
+                    self._redis_client,
+                )
+            except ratelimit.RateLimitCompileError as exc:
+                raise SnapshotError(exc.reason) from None
         # Everything is checked: build and swap. Runtimes of persisting clusters are updated in
         # place, so their pools and endpoint state carry over.
         old = self.tables
@@ -240,9 +269,15 @@ class DataPlane:
             runtime = old.clusters.get(name)
             if runtime is None:
                 runtime = ClusterRuntime(
-                    self.loop, spec, self.metrics, "outbound", self.settings.max_header_bytes
+                    self.loop,
+                    spec,
+                    self.metrics,
+                    "outbound",
+                    self.settings.max_header_bytes,
+                    zone=snapshot.proxy.zone,
                 )
             else:
+                runtime.zone = snapshot.proxy.zone
                 runtime.update(spec)
             runtime.count_for_budget = name in retried
             if spec.tls is None:
@@ -263,10 +298,19 @@ class DataPlane:
             )
         else:
             app.update(app_spec)
-        self.tables = Tables(snapshot, routes, clusters, plans, app, authorizer)
+        routes.bind(clusters)  # mirrors and backend fallbacks reach their cluster runtimes
+        self.tables = Tables(snapshot, routes, clusters, plans, app, authorizer, rate_limits)
+        if old.rate_limits is not None:
+            old.rate_limits.retire(rate_limits)
         for name, runtime in old.clusters.items():
             if name not in clusters:
                 runtime.close()
+
+    def _redis_client(self, server: snap.RedisServer) -> ratelimit.RedisHandle:
+        # Imported here: only a proxy with Global rate limits needs the Redis client.
+        from gossamer.proxy.ratelimit_redis import RedisClient
+
+        return RedisClient(self.loop, server, self.rate_limit_metrics)
 
     def _check_tls(self, snapshot: Snapshot) -> PreparedBundle | None:
         """Validate the Snapshot's mTLS settings; the new bundle and contexts when it changed.
@@ -367,6 +411,8 @@ class DataPlane:
         for runtime in self.tables.clusters.values():
             runtime.close()
         self.deadlines.close()
+        if self.tables.rate_limits is not None:
+            self.tables.rate_limits.close()
         if self.tables.app is not None:
             self.tables.app.close()
         for listener in (self.inbound, self.outbound):

@@ -23,6 +23,17 @@ through: the head and the body chunk are only kept in slots until the end of the
 
 A 503 from a peer sidecar flagged `connect-failure` / `no-healthy-endpoint` means that endpoint
 cannot serve: it is taken out of the balancer like one that refused the connection (failfast.py).
+
+Circuit breakers (the cluster's interface, proxy/cluster.py): `start_request()` before the first
+try (False: 503 `overflow`, no try), `end_request()` exactly once for each accepted request,
+whatever way the exchange ends (`_finish`); `start_retry()` before scheduling a retry (False: no
+retry, the failure stands) and `end_retry()` when that retry's try ends; `on_try_result(endpoint,
+status)` once per try that reached or tried to reach an endpoint (`_report`): the response status,
+or 503 connect failure, 502 reset, 504 timeout.
+
+Route resilience: a rule's fallback (proxy/fallback.py) replaces a local failure or a final 5xx;
+a Fault delay starts the exchange late (`start_after`); a mirrored request's copy is sent once the
+body is complete (`mirror`), with a `MirrorSink` (filters/mirror.py) as its downstream.
 """
 
 from __future__ import annotations
@@ -31,23 +42,28 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from gossamer import snapshot as snap
+from gossamer.filters.mirror import MirrorSink
 from gossamer.http.http1 import (
     BODY_CHUNKED,
+    BODY_HEAD,
     CRLF,
     LAST_CHUNK,
     chunk_prefix,
     serialize_request_head,
 )
-from gossamer.http.message import RequestHead, ResponseHead, header_get
+from gossamer.http.message import Headers, RequestHead, ResponseHead, header_get
 from gossamer.proxy import flags
 from gossamer.proxy.cluster import ClusterRuntime, Overflow
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.failfast import UNSERVING_FLAGS
+from gossamer.proxy.fallback import CAUSES, UPSTREAM_5XX, FallbackPlan
+from gossamer.proxy.response_cache import CachedResponse, CacheKey
 from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
 from gossamer.proxy.upstream import HEADERS_TOO_LARGE
 
 if TYPE_CHECKING:
-    from gossamer.proxy.router import Backend, RouteMatch
+    from gossamer.proxy.loadbalance import EndpointState
+    from gossamer.proxy.router import Backend, MirrorBinding, RouteMatch
     from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
 
 _FAILURE_FLAGS = {
@@ -61,6 +77,12 @@ _BUDGET_HEADER = (b"x-gossamer-flags", flags.RETRY_BUDGET_EXHAUSTED.encode())
 _FLAGS_HEADER = b"x-gossamer-flags"
 HOLD_LIMIT = 65536
 """The largest response body held back while a reset could still be retried."""
+# Statuses each try outcome reports to the cluster (outlier detection) when no response came.
+_TRY_STATUS = {CONNECT_FAILURE: 503, RESET: 502, TIMEOUT: 504, HEADERS_TOO_LARGE: 502}
+_CACHEABLE = (b"GET", b"HEAD")
+# Fields a kept response does not carry over: framing and hop-by-hop (the serializer adds them
+# back) and the upstream's own flags (a fallback response carries its own).
+_NOT_KEPT = frozenset((b"connection", b"transfer-encoding", b"keep-alive", _FLAGS_HEADER))
 
 
 class RulePlan:
@@ -97,6 +119,7 @@ class Downstream(Protocol):
 
     request_id: bytes
     write_paused: bool
+    exchange: Exchange | None  # the exchange now serving it (a backend fallback takes over)
 
     def send_response_head(self, head: ResponseHead, body_length: int) -> None: ...
     def send_response_body(self, data: bytes) -> None: ...
@@ -131,11 +154,18 @@ class Exchange:
         "body_size",
         "budget_exhausted",
         "buffer_limit",
+        "cache_key",
+        "capture",
+        "capture_head",
+        "capture_length",
+        "capture_room",
         "cluster",
         "deadline",
         "deadlines",
         "down",
+        "fallback_cause",
         "finished",
+        "flag",
         "free_retry_used",
         "head",
         "head_bytes",
@@ -145,13 +175,16 @@ class Exchange:
         "held_size",
         "last_conn",
         "loop",
+        "mirror",
         "plan",
         "pool",
         "request_deadline",
         "request_done",
+        "request_open",
         "response_started",
         "retriable",
         "retries",
+        "retry_slot",
         "reused",
         "route",
         "started",
@@ -159,6 +192,7 @@ class Exchange:
         "timer",
         "tried",
         "try_deadline",
+        "try_endpoint",
         "upstream",
         "upstream_read_paused",
         "waiting_pool",
@@ -219,17 +253,114 @@ class Exchange:
         self.request_deadline = _NEVER
         self.try_deadline = _NEVER
         self.upstream_read_paused = False
+        # Circuit-breaker bookkeeping: a request slot taken (start_request), a retry slot taken.
+        self.request_open = False
+        self.retry_slot = False
+        self.try_endpoint: EndpointState | None = None  # the current try's, until reported
+        # The access log's flag for a response that went out normally (a fallback's).
+        self.flag: str | None = None
+        # Set on the exchange that is itself a backend fallback: the cause it stands in for.
+        self.fallback_cause: str | None = None
+        # A mirror copy still to send (set by the connection when the rule's sample chose it).
+        self.mirror: MirrorBinding | None = None
+        # For a rule with a fallback cache: the key of this GET/HEAD, and the 2xx response being
+        # kept (head, body chunks, declared length) until it is complete.
+        self.cache_key: CacheKey | None = None
+        self.capture: list[bytes] | None = None
+        self.capture_head: ResponseHead | None = None
+        self.capture_length = 0
+        self.capture_room = 0
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self.cluster.count_for_budget:
-            self.cluster.budget.record_request()
-        plan = self.plan
-        if plan is not None and plan.request_timeout is not None:
-            self.request_deadline = self.started + plan.request_timeout
-        self.head_bytes = serialize_request_head(self.head, self.body_length)
-        self._try()
+    def start(self, now: float | None = None) -> None:
+        """Take a request slot in the cluster and send the first try (`now`: when a fault
+        delay let the request go; its request timeout runs from then)."""
+        route = self.route
+        if (
+            route is not None
+            and (route.fault is not None or route.mirror is not None)
+            and now is None
+            and self.fallback_cause is None
+            and self._route_filters(route)
+        ):
+            return
+        cluster = self.cluster
+        if cluster.start_request():
+            self.request_open = True
+            if cluster.count_for_budget:
+                cluster.budget.record_request()
+            plan = self.plan
+            if plan is not None and plan.request_timeout is not None:
+                self.request_deadline = (
+                    self.started if now is None else now
+                ) + plan.request_timeout
+            if route is not None and route.fallback is not None:
+                self._prepare_fallback(route.fallback)
+            self.head_bytes = serialize_request_head(self.head, self.body_length)
+            self._try()
+        else:
+            self._local(flags.OVERFLOW, f"cluster {cluster.name} has too many requests in flight")
+        if self.mirror is not None and self.request_done:
+            self._send_mirror()
+
+    def _route_filters(self, route: RouteMatch) -> bool:
+        """The rule's RequestMirror sample and Fault; True when the fault took the request
+        over (delayed, or aborted at once)."""
+        rand = self.cluster.rand.random
+        mirror = route.mirror
+        if mirror is not None and mirror.mirror.sample(rand):
+            self.mirror = mirror
+        fault = route.fault
+        if fault is None:
+            return False
+        decision = fault.decide(self.head, rand)
+        if decision is None:
+            return False
+        delay, abort_status = decision
+        if delay > 0.0:
+            self.start_after(delay, abort_status)
+        else:
+            self.mirror = None
+            self._local(flags.FAULT_ABORT, "aborted by the route's fault injection", abort_status)
+        return True
+
+    def start_after(self, delay: float, abort_status: int) -> None:
+        """A Fault filter's delay: start (or abort with `abort_status`, if not 0) after `delay`
+        seconds on a loop timer. The body is buffered meanwhile like while connecting; a client
+        that leaves cancels the timer (on_downstream_lost)."""
+        self.timer = self.loop.call_later(delay, self._delay_over, abort_status)
+
+    def _delay_over(self, abort_status: int) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        if abort_status:
+            self.mirror = None  # an aborted request is not mirrored (the fault comes first)
+            self._local(flags.FAULT_ABORT, "aborted by the route's fault injection", abort_status)
+            return
+        self.start(self.loop.time())
+
+    def _finish(self) -> None:
+        """The exchange is over: give back its breaker slots (exactly once)."""
+        if self.request_open:
+            self.request_open = False
+            self.cluster.end_request()
+        if self.retry_slot:
+            self.retry_slot = False
+            self.cluster.end_retry()
+        mirror = self.mirror
+        if mirror is not None and not self.request_done:
+            # The body will not be read to its end: there is nothing whole to copy.
+            self.mirror = None
+            mirror.mirror.skipped.value += 1.0
+
+    def _report(self, status: int) -> None:
+        """The current try's result, for the cluster's outlier detection (once per try)."""
+        endpoint = self.try_endpoint
+        if endpoint is not None:
+            self.try_endpoint = None
+            self.cluster.on_try_result(endpoint, status)
 
     def _try(self) -> None:
         self.timer = None
@@ -244,6 +375,7 @@ class Exchange:
             return
         self.tried.append(pool)
         self.pool = pool
+        self.try_endpoint = pool.endpoint
         plan = self.plan
         if plan is not None and plan.per_try_timeout is not None:
             self.try_deadline = self.loop.time() + plan.per_try_timeout
@@ -272,6 +404,7 @@ class Exchange:
         if self.finished or not self.awaiting or pool is not self.pool:
             return
         self.awaiting = False
+        self._report(503)
         self._fail_try(CONNECT_FAILURE, reason)
 
     def _send(self, conn: UpstreamConnection, reused: bool) -> None:
@@ -341,6 +474,8 @@ class Exchange:
                 assert conn.transport is not None
                 conn.transport.write(LAST_CHUNK)
             conn.request_complete = True
+        if self.mirror is not None:
+            self._send_mirror()
 
     def on_downstream_lost(self) -> None:
         """The client went away: abandon the request and its upstream connection."""
@@ -349,6 +484,7 @@ class Exchange:
         self.finished = True
         self._cancel_timers()
         self._abandon_try()
+        self._finish()
 
     def on_downstream_pause_writing(self) -> None:
         conn = self.upstream
@@ -390,11 +526,27 @@ class Exchange:
             and status in plan.retry_on.statuses
             and self._retry(status)
         ):
+            self._report(status)
             self.upstream = None
             self._end_attempt(False)
             conn.detach(discard=True)
             self.down.resume_reading(READ_UPSTREAM_FULL)
             return
+        if status >= 500 and self.route is not None and self.fallback_cause is None:
+            fallback = self.route.fallback
+            if fallback is not None and self._fallback_applies(fallback):
+                # The final answer is a 5xx and nothing went downstream yet: the fallback's
+                # response replaces it; the 5xx is read out and dropped.
+                self._report(status)
+                self.upstream = None
+                self._end_attempt(False)
+                conn.detach(discard=True)
+                self.finished = True
+                self._cancel_timers()
+                self.down.resume_reading(READ_UPSTREAM_FULL | READ_BUFFER_FULL)
+                self._finish()
+                self._fall_back(fallback, UPSTREAM_5XX)
+                return
         if (
             plan is not None
             and plan.retry_reset
@@ -410,7 +562,11 @@ class Exchange:
 
     def _forward_head(self, head: ResponseHead, body_length: int) -> None:
         self.response_started = True
-        self.status = head.status
+        self.status = status = head.status
+        endpoint = self.try_endpoint  # _report, inlined: once per response
+        if endpoint is not None:
+            self.try_endpoint = None
+            self.cluster.on_try_result(endpoint, status)
         if self.timer is not None or self.deadline != _NEVER:
             self._cancel_timers()
         # Only a filter may read the fields: an unread head goes downstream as received.
@@ -422,11 +578,17 @@ class Exchange:
             route.apply_response(head)
         if self.budget_exhausted:
             head.headers.append(_BUDGET_HEADER)
+        if self.fallback_cause is not None:
+            head.headers.append((_FLAGS_HEADER, b"fallback," + self.fallback_cause.encode()))
+        if self.cache_key is not None:
+            self._start_capture(head, body_length)
         self.down.send_response_head(head, body_length)
 
     def on_response_body(self, data: bytes) -> None:
         if self.held_head is None:
             self.down.send_response_body(data)
+            if self.capture is not None:
+                self._capture(data)
             return
         held = self.held_body
         if held is None:
@@ -459,6 +621,9 @@ class Exchange:
                     self.down.send_response_body(data)
             else:
                 self.down.send_response_body(body)
+            if self.capture is not None:
+                for data in body if isinstance(body, list) else (body,):
+                    self._capture(data)
 
     def _drop_held(self) -> None:
         self.held_head = None
@@ -471,6 +636,13 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         self.finished = True
+        if self.capture is not None:
+            self._keep_capture()
+        if self.request_open:  # _finish, inlined for the usual case
+            self.request_open = False
+            self.cluster.end_request()
+        if self.retry_slot or self.mirror is not None:
+            self._finish()
         if self.attempt_started:
             self._end_attempt(self.status < 500)
         if self.upstream_read_paused and conn is not None and conn.transport is not None:
@@ -491,7 +663,9 @@ class Exchange:
         if self.response_started:
             # Part of the response went out: the client can only learn of it by a cut connection.
             self.finished = True
+            self.capture = None  # never kept: the body is not whole
             self._cancel_timers()
+            self._finish()
             self.cluster.stats.count(502, self.loop.time() - self.started)
             self.down.abort_response()
             return
@@ -510,6 +684,7 @@ class Exchange:
                 self.timer = None
             self._try()
             return
+        self._report(_TRY_STATUS.get(outcome, 502))
         self._fail_try(outcome, reason)
 
     # --- failures, retries, timeouts --------------------------------------------------------------
@@ -540,9 +715,16 @@ class Exchange:
         ):
             return False
         cluster = self.cluster
+        if self.retry_slot:  # the retry whose try just failed is over
+            self.retry_slot = False
+            cluster.end_retry()
+        if not cluster.start_retry():
+            return False  # the cluster's retry limit (circuit breaker): the failure stands
         if not cluster.budget.try_acquire_retry():
+            cluster.end_retry()
             self.budget_exhausted = True
             return False
+        self.retry_slot = True
         self.retries += 1
         cluster.stats.retries.inc()
         if self.timer is not None:
@@ -574,10 +756,14 @@ class Exchange:
     def _on_try_timeout(self) -> None:
         self.try_deadline = _NEVER
         address = self.pool.endpoint.address if self.pool is not None else "?"
+        if self.upstream is not None or self.awaiting:  # not while queued for a connection slot
+            self._report(504)
         self._abandon_try()
         self._fail_try(TIMEOUT, f"no response from {address} within the per-try timeout")
 
     def _on_deadline(self) -> None:
+        if self.upstream is not None or self.awaiting:
+            self._report(504)
         self._abandon_try()
         self._local(flags.TIMEOUT, "no response within the request timeout")
 
@@ -593,6 +779,7 @@ class Exchange:
             self.waiting_pool = None
             self.cluster.cancel_pending(self)
         self.awaiting = False
+        self.try_endpoint = None  # a try cut short by us, not by the endpoint: not reported
 
     def _end_attempt(self, ok: bool) -> None:
         pool = self.pool
@@ -608,10 +795,202 @@ class Exchange:
             self.deadline = _NEVER
             self.deadlines.discard(self)
 
-    def _local(self, flag: str, message: str) -> None:
+    def _local(self, flag: str, message: str, status: int | None = None) -> None:
         self.finished = True
         self._cancel_timers()
         self._abandon_try()
         self.down.resume_reading(READ_BUFFER_FULL | READ_UPSTREAM_FULL)
-        self.cluster.stats.count(flags.STATUS[flag], self.loop.time() - self.started)
-        self.down.send_local(flag, message)
+        self._finish()
+        route = self.route
+        if route is not None and route.fallback is not None and flag in CAUSES:
+            fallback = route.fallback
+            cause = self.fallback_cause
+            if cause is None:
+                if self._fallback_applies(fallback):
+                    self._fall_back(fallback, flag)
+                    return
+            elif fallback.static is not None:
+                # The backend fallback got no response: the static response is the last step.
+                fallback.count("response", cause)
+                static = fallback.static
+                self._send_fallback(static.status, static.headers, static.body, False, cause)
+                return
+        self.cluster.stats.count(status or flags.STATUS[flag], self.loop.time() - self.started)
+        if status is None:
+            self.down.send_local(flag, message)
+        else:
+            self.down.send_local(flag, message, status)
+
+    # --- fallbacks (proxy/fallback.py) ------------------------------------------------------------
+
+    def _prepare_fallback(self, fallback: FallbackPlan) -> None:
+        """At start: a GET/HEAD on a rule that keeps responses gets its cache key."""
+        head = self.head
+        if fallback.cache is not None and self.fallback_cause is None and head.method in _CACHEABLE:
+            self.cache_key = (head.method, head.host, head.path, head.query)
+
+    def _cached(self, fallback: FallbackPlan) -> CachedResponse | None:
+        cache = fallback.cache
+        head = self.head
+        if cache is None or head.method not in _CACHEABLE:
+            return None
+        return cache.get((head.method, head.host, head.path, head.query), fallback.max_stale)
+
+    def _fallback_applies(self, fallback: FallbackPlan) -> bool:
+        return (
+            fallback.static is not None
+            or (fallback.backend_cluster is not None and self.retriable)
+            or self._cached(fallback) is not None
+        )
+
+    def _fall_back(self, fallback: FallbackPlan, cause: str) -> None:
+        """Serve the first step of the rule's fallback that applies (see proxy/fallback.py);
+        the exchange is finished and nothing went downstream."""
+        entry = self._cached(fallback)
+        if entry is not None:
+            fallback.count("cached", cause)
+            self._send_fallback(entry.status, entry.headers, entry.body, entry.head_only, cause)
+            return
+        target = fallback.backend_cluster
+        if target is not None and self.retriable and fallback.backend is not None:
+            fallback.count("backend", cause)
+            other = Exchange(
+                self.down,
+                self.loop,
+                self.head,
+                self.body_length,
+                target,
+                fallback.backend_plan,
+                self.route,
+                fallback.backend,
+                self.buffer_limit,
+                self.deadlines,
+            )
+            # The buffered body (the whole body, or its start while it still arrives) goes along;
+            # the rest reaches the new exchange once the connection points at it.
+            other.body = self.body
+            other.body_size = self.body_size
+            other.request_done = self.request_done
+            other.started = self.started
+            other.fallback_cause = cause
+            other.flag = f"{flags.FALLBACK},{cause}"
+            self.down.exchange = other
+            other.start()
+            return
+        static = fallback.static
+        assert static is not None  # _fallback_applies said one of the three applies
+        fallback.count("response", cause)
+        self._send_fallback(static.status, static.headers, static.body, False, cause)
+
+    def _send_fallback(
+        self,
+        status: int,
+        fields: Headers | tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        head_only: bool,
+        cause: str,
+    ) -> None:
+        flag = f"{flags.FALLBACK},{cause}"
+        self.flag = flag
+        self.status = status
+        self.response_started = True
+        headers = list(fields)
+        headers.append((_FLAGS_HEADER, flag.encode()))
+        length = len(body)
+        if self.head.method == b"HEAD":
+            if not head_only:
+                headers.append((b"content-length", b"%d" % length))
+            length = BODY_HEAD
+            body = b""
+        elif head_only:
+            length = 0  # a kept answer to a HEAD never serves a GET (the key has the method)
+        down = self.down
+        down.cork()
+        down.send_response_head(ResponseHead(status, headers), length)
+        if body:
+            down.send_response_body(body)
+        self.cluster.stats.count(status, self.loop.time() - self.started)
+        down.send_response_end()
+        down.uncork()
+
+    def _start_capture(self, head: ResponseHead, body_length: int) -> None:
+        """A response head is going out: keep a 2xx (its chunks are references, no copies)."""
+        route = self.route
+        fallback = route.fallback if route is not None else None
+        cache = fallback.cache if fallback is not None else None
+        if cache is None or not 200 <= head.status < 300 or body_length > cache.max_body_bytes:
+            self.cache_key = None
+            return
+        self.capture = []
+        self.capture_head = head
+        self.capture_length = body_length
+        self.capture_room = cache.max_body_bytes
+
+    def _capture(self, data: bytes) -> None:
+        capture = self.capture
+        assert capture is not None
+        self.capture_room -= len(data)
+        if self.capture_room < 0:
+            self.capture = None  # a chunked body over the limit: not kept
+        else:
+            capture.append(data)
+
+    def _keep_capture(self) -> None:
+        """The response ended whole: keep it for the rule's fallback."""
+        capture = self.capture
+        head = self.capture_head
+        key = self.cache_key
+        self.capture = None
+        self.capture_head = None
+        route = self.route
+        if (
+            capture is None
+            or head is None
+            or key is None
+            or route is None
+            or route.fallback is None
+            or route.fallback.cache is None
+        ):
+            return
+        head_only = self.capture_length == BODY_HEAD
+        body = capture[0] if len(capture) == 1 else b"".join(capture)
+        fields = [
+            (k, v)
+            for k, v in head.headers
+            if k not in _NOT_KEPT and (head_only or k != b"content-length")
+        ]
+        route.fallback.cache.put(key, head.status, fields, body, head_only)
+
+    # --- mirroring (filters/mirror.py) ------------------------------------------------------------
+
+    def _send_mirror(self) -> None:
+        """The request is complete: send its copy to the mirror cluster, fire and forget."""
+        binding = self.mirror
+        self.mirror = None
+        if binding is None:
+            return
+        mirror = binding.mirror
+        cluster = binding.cluster
+        if cluster is None or not self.retriable or self.body_size > self.buffer_limit:
+            mirror.skipped.value += 1.0
+            return
+        if not mirror.admit():
+            return
+        sink = MirrorSink(mirror)
+        copy = Exchange(
+            sink,
+            self.loop,
+            mirror.shadow_head(self.head),
+            self.body_size,
+            cluster,
+            binding.plan,
+            None,
+            None,
+            self.buffer_limit,
+            self.deadlines,
+        )
+        copy.body = list(self.body)
+        copy.body_size = self.body_size
+        copy.request_done = True
+        sink.exchange = copy
+        copy.start()

@@ -18,6 +18,12 @@ How the data plane uses it::
     ... send to cluster `backend.cluster`; on the response:
     backend.apply_response(resp); route.apply_response(resp)
 
+A rule's Fault (`route.fault`, filters/fault.py), RequestMirror (`route.mirror`, a
+`MirrorBinding`) and Fallback (`route.fallback`, proxy/fallback.py) are compiled once per rule
+and shared by its matches; the exchange reads them (None for rules without them: one attribute
+test each). `table.bind(clusters)` points mirrors and backend fallbacks at the data plane's
+cluster runtimes, and `compile(..., previous=old_table)` carries the rules' fallback caches over.
+
 Host lookup: the request's host (lower-cased; a trailing dot ignored) is looked up exactly among
 the domains, with its port if it has one; a domain of a virtual host whose `port` is None matches
 any port; a virtual host with a port matches "domain:port" (and the bare domain when the port is
@@ -36,20 +42,32 @@ request; the first occurrence of a name counts.
 from __future__ import annotations
 
 import re
+import time
 from bisect import bisect_right
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote_to_bytes
 
 from gossamer import snapshot as snap
+from gossamer.filters import fault as fault_filter
 from gossamer.filters import headers as header_filter
+from gossamer.filters import mirror as mirror_filter
 from gossamer.filters import redirect as redirect_filter
 from gossamer.filters import rewrite as rewrite_filter
+from gossamer.filters.fault import FaultInjector
+from gossamer.filters.mirror import Mirror
 from gossamer.filters.redirect import RedirectFilter, split_authority
 from gossamer.filters.rewrite import encode_path, strip_prefix
 from gossamer.http import syntax
 from gossamer.http.message import RequestHead, ResponseHead
+from gossamer.proxy import fallback as fallback_mod
 from gossamer.proxy import flags
+from gossamer.proxy.exchange import RulePlan
+from gossamer.proxy.fallback import FallbackPlan, ResilienceCounters
+from gossamer.proxy.response_cache import ResponseCache
+
+if TYPE_CHECKING:
+    from gossamer.proxy.cluster import ClusterRuntime
 
 # The flag and status for a matched rule with no backend to send to (none listed, or every weight
 # 0): the Gateway API asks for a 500.
@@ -57,6 +75,10 @@ NO_BACKEND = flags.NO_BACKEND
 NO_BACKEND_STATUS = flags.STATUS[NO_BACKEND]
 
 _ANY, _EXACT, _PREFIX, _REGEX = 0, 1, 2, 3
+
+# A mirrored copy or a backend fallback without a request timeout of its own gets this one, so a
+# hung cluster cannot hold them (and their connections) forever.
+DEFAULT_SIDE_TIMEOUT = 10.0
 
 # (name, exact value or None, regex or None) for a header or query parameter condition.
 _ValueCond = tuple[bytes, bytes | None, "re.Pattern[bytes] | None"]
@@ -107,6 +129,22 @@ class Backend:
         return f"Backend({self.cluster!r}, weight={self.weight})"
 
 
+class MirrorBinding:
+    """A rule's RequestMirror on the proxy side: the compiled filter, the copies' plan (no
+    retries; the rule's request timeout) and the mirror cluster's runtime (bound by
+    `RouteTable.bind`; None until then: copies are skipped)."""
+
+    __slots__ = ("cluster", "mirror", "plan")
+
+    def __init__(self, mirror: Mirror, plan: RulePlan) -> None:
+        self.mirror = mirror
+        self.plan = plan
+        self.cluster: ClusterRuntime | None = None
+
+    def __repr__(self) -> str:
+        return f"MirrorBinding({self.mirror!r})"
+
+
 class RouteMatch:
     """The result of `RouteTable.match`: one (rule, match) pair, compiled once.
 
@@ -119,6 +157,9 @@ class RouteMatch:
         redirect: a RequestRedirect to answer with locally, or None.
         request_filters / response_filters: the rule's header modifiers and URL rewrite, in order.
         backends: the backends with a weight above 0.
+        fault: the rule's Fault filter (filters/fault.py), or None.
+        mirror: the rule's RequestMirror, or None.
+        fallback: the rule's compiled Fallback (proxy/fallback.py), or None.
     """
 
     __slots__ = (
@@ -126,8 +167,11 @@ class RouteMatch:
         "_single",
         "_total",
         "backends",
+        "fallback",
+        "fault",
         "match_index",
         "matched_prefix",
+        "mirror",
         "redirect",
         "request_filters",
         "response_filters",
@@ -145,8 +189,14 @@ class RouteMatch:
         request_filters: tuple[RequestFilter, ...],
         response_filters: tuple[ResponseFilter, ...],
         backends: tuple[Backend, ...],
+        fault: FaultInjector | None = None,
+        mirror: MirrorBinding | None = None,
+        fallback: FallbackPlan | None = None,
     ) -> None:
         self.virtual_host = virtual_host
+        self.fault = fault
+        self.mirror = mirror
+        self.fallback = fallback
         self.rule = rule
         self.match_index = match_index
         self.matched_prefix = matched_prefix
@@ -244,7 +294,16 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
 class RouteTable:
     """The compiled routes of one Snapshot. Immutable once built; swap the whole table."""
 
-    __slots__ = ("_any_port", "_default", "_hosts", "_wildcards", "virtual_hosts")
+    __slots__ = (
+        "_any_port",
+        "_default",
+        "_hosts",
+        "_wildcards",
+        "caches",
+        "fallbacks",
+        "mirrors",
+        "virtual_hosts",
+    )
 
     def __init__(self) -> None:
         self._hosts: dict[bytes, _VirtualHost] = {}
@@ -252,9 +311,22 @@ class RouteTable:
         self._wildcards: list[tuple[bytes, int | None, _VirtualHost]] = []
         self._default: _VirtualHost | None = None
         self.virtual_hosts: dict[str, snap.VirtualHost] = {}
+        # Rules' fallback caches by rule name: handed to the next table, so a Snapshot update
+        # (endpoints come and go exactly when backends fail) keeps the responses kept so far.
+        self.caches: dict[str, ResponseCache] = {}
+        self.fallbacks: list[FallbackPlan] = []
+        self.mirrors: list[MirrorBinding] = []
 
     @classmethod
-    def compile(cls, snapshot: snap.Snapshot, default_host: str | None = None) -> RouteTable:
+    def compile(
+        cls,
+        snapshot: snap.Snapshot,
+        default_host: str | None = None,
+        *,
+        counters: ResilienceCounters | None = None,
+        clock: Callable[[], float] | None = None,
+        previous: RouteTable | None = None,
+    ) -> RouteTable:
         """Compile a Snapshot's virtual hosts.
 
         Args:
@@ -262,6 +334,11 @@ class RouteTable:
             default_host: a host (e.g. a service name) to route as when the request's host matches
                 no virtual host (`gossamer proxy --default-host`). When the Snapshot has no virtual
                 host for it, there is no fallback (such requests get no-route) until one does.
+            counters: the metric families faults, mirrors and fallbacks count in (the data
+                plane's, `fallback.resilience_counters`); None: private ones.
+            clock: the clock of fallback caches (the event loop's); None: `time.monotonic`.
+            previous: the table this one replaces: fallback caches of rules with the same name
+                and sizes carry over.
 
         Raises:
             RouteCompileError: a bad regex, path, method, header name, filter, weight or port, or
@@ -270,8 +347,14 @@ class RouteTable:
         """
         table = cls()
         clusters = {c.name for c in snapshot.clusters}
+        ctx = _Context(
+            counters or ResilienceCounters(),
+            clock or time.monotonic,
+            previous.caches if previous is not None else {},
+            table,
+        )
         for vh in snapshot.virtual_hosts:
-            compiled = _compile_virtual_host(vh, clusters)
+            compiled = _compile_virtual_host(vh, clusters, ctx)
             table.virtual_hosts.setdefault(vh.name, vh)
             table._add_domains(compiled)
         table._wildcards.sort(key=lambda w: -len(w[0]))
@@ -279,6 +362,14 @@ class RouteTable:
             host = _encode_host(default_host.strip().lower(), "default host")
             table._default = table._lookup(host)
         return table
+
+    def bind(self, clusters: Mapping[str, ClusterRuntime]) -> None:
+        """Point mirrors and backend fallbacks at the data plane's cluster runtimes."""
+        for binding in self.mirrors:
+            binding.cluster = clusters.get(binding.mirror.cluster)
+        for plan in self.fallbacks:
+            backend = plan.backend
+            plan.backend_cluster = clusters.get(backend.cluster) if backend is not None else None
 
     def _add_domains(self, vh: _VirtualHost) -> None:
         port = vh.spec.port
@@ -486,6 +577,8 @@ def _compile_filters(
                 if redirect is not None:
                     raise ValueError(f"{fwhere}: only one RequestRedirect per rule")
                 redirect = redirect_filter.compile(f.request_redirect, prefix, fwhere)
+            elif isinstance(f, snap.FaultFilter | snap.RequestMirrorFilter):
+                continue  # rule-level, compiled once per rule by _compile_rule_extras
             else:
                 rewrites += 1
                 if rewrites > 1:
@@ -511,14 +604,129 @@ def _compile_backends(
         redirect, request, response = _compile_filters(wc.filters, prefix, bwhere)
         if redirect is not None:
             raise RouteCompileError(f"{bwhere}: RequestRedirect is not supported on a backend")
+        _no_rule_level_filters(wc.filters, bwhere)
         out.append(Backend(wc, request, response))
     return tuple(out)
 
 
-def _compile_virtual_host(vh: snap.VirtualHost, clusters: set[str]) -> _VirtualHost:
+def _no_rule_level_filters(filters: Sequence[snap.RouteFilter], where: str) -> None:
+    for f in filters:
+        if isinstance(f, snap.FaultFilter | snap.RequestMirrorFilter):
+            kind = type(f).__name__.removesuffix("Filter")
+            raise RouteCompileError(f"{where}: {kind} is supported on a rule, not on a backend")
+
+
+class _Context:
+    """What compiling the resilience parts of rules needs besides the Snapshot."""
+
+    __slots__ = ("caches", "clock", "counters", "table")
+
+    def __init__(
+        self,
+        counters: ResilienceCounters,
+        clock: Callable[[], float],
+        caches: dict[str, ResponseCache],
+        table: RouteTable,
+    ) -> None:
+        self.counters = counters
+        self.clock = clock
+        self.caches = caches
+        self.table = table
+
+
+def _side_plan(rule: snap.RouteRule) -> RulePlan:
+    """One try, no retries, the rule's request timeout (or DEFAULT_SIDE_TIMEOUT)."""
+    timeout = rule.timeouts.request or DEFAULT_SIDE_TIMEOUT
+    return RulePlan(snap.RouteRule(name=rule.name, timeouts=snap.Timeouts(request=timeout)))
+
+
+def _compile_rule_extras(
+    vh: snap.VirtualHost, rule: snap.RouteRule, clusters: set[str], ctx: _Context, where: str
+) -> tuple[FaultInjector | None, MirrorBinding | None, FallbackPlan | None]:
+    """The rule's Fault, RequestMirror and Fallback, compiled once for all its matches."""
+    fault: FaultInjector | None = None
+    mirror: MirrorBinding | None = None
+    for i, f in enumerate(rule.filters):
+        fwhere = f"{where}, filter #{i} ({type(f).__name__.removesuffix('Filter')})"
+        try:
+            if isinstance(f, snap.FaultFilter):
+                if fault is not None:
+                    raise ValueError(f"{fwhere}: only one Fault per rule")
+                fault = fault_filter.compile(f.fault, rule.name, ctx.counters.faults, fwhere)
+            elif isinstance(f, snap.RequestMirrorFilter):
+                if mirror is not None:
+                    raise ValueError(f"{fwhere}: only one RequestMirror per rule")
+                if f.request_mirror.cluster not in clusters:
+                    raise ValueError(
+                        f"{fwhere}: cluster {f.request_mirror.cluster!r} is not in the snapshot"
+                    )
+                compiled = mirror_filter.compile(f.request_mirror, ctx.counters.mirrors, fwhere)
+                mirror = MirrorBinding(compiled, _side_plan(rule))
+                ctx.table.mirrors.append(mirror)
+        except ValueError as e:
+            raise RouteCompileError(str(e)) from None
+    plan = None
+    if rule.fallback is not None:
+        # Rule names repeat across virtual hosts ("default"): the cache is the (host, rule)'s.
+        name = f"{vh.name}|{rule.name}"
+        plan = _compile_fallback(rule, rule.fallback, clusters, ctx, name, f"{where}, fallback")
+    return fault, mirror, plan
+
+
+def _compile_fallback(
+    rule: snap.RouteRule,
+    spec: snap.Fallback,
+    clusters: set[str],
+    ctx: _Context,
+    cache_name: str,
+    where: str,
+) -> FallbackPlan:
+    try:
+        fallback_mod.check(spec, where)
+        static = None
+        if spec.response is not None:
+            static = fallback_mod.compile_static(spec.response, f"{where}, response")
+    except ValueError as e:
+        raise RouteCompileError(str(e)) from None
+    backend = None
+    if spec.backend is not None:
+        wc = spec.backend
+        bwhere = f"{where}, backend ({wc.cluster!r})"
+        if wc.cluster not in clusters:
+            raise RouteCompileError(f"{bwhere}: cluster {wc.cluster!r} is not in the snapshot")
+        redirect, request, response = _compile_filters(wc.filters, b"/", bwhere)
+        if redirect is not None:
+            raise RouteCompileError(f"{bwhere}: RequestRedirect is not supported on a backend")
+        _no_rule_level_filters(wc.filters, bwhere)
+        backend = Backend(wc, request, response)
+    cache = None
+    if spec.max_stale is not None:
+        cache = ctx.caches.get(cache_name)
+        if (
+            cache is None
+            or cache.max_entries != spec.max_entries
+            or cache.max_body_bytes != spec.max_body_bytes
+        ):
+            cache = ResponseCache(spec.max_entries, spec.max_body_bytes, ctx.clock)
+        ctx.table.caches[cache_name] = cache
+    plan = FallbackPlan(
+        rule.name,
+        ctx.counters.fallbacks,
+        spec.max_stale,
+        cache,
+        backend,
+        _side_plan(rule) if backend is not None else None,
+        static,
+    )
+    ctx.table.fallbacks.append(plan)
+    return plan
+
+
+def _compile_virtual_host(vh: snap.VirtualHost, clusters: set[str], ctx: _Context) -> _VirtualHost:
     entries: list[tuple[_Condition | None, RouteMatch]] = []
     for ri, rule in enumerate(vh.rules):
         where = f"virtual host {vh.name!r}, rule {rule.name or ri!r}"
+        fault, mirror, fallback = _compile_rule_extras(vh, rule, clusters, ctx, where)
         conds: list[tuple[_Condition | None, bytes | None]] = []
         if not rule.matches:
             conds.append((None, b"/"))
@@ -529,6 +737,8 @@ def _compile_virtual_host(vh: snap.VirtualHost, clusters: set[str]) -> _VirtualH
         for mi, (entry_cond, prefix) in enumerate(conds):
             redirect, request, response = _compile_filters(rule.filters, prefix, where)
             backends = _compile_backends(rule, prefix, clusters, where)
-            route = RouteMatch(vh, rule, mi, prefix, redirect, request, response, backends)
+            route = RouteMatch(
+                vh, rule, mi, prefix, redirect, request, response, backends, fault, mirror, fallback
+            )
             entries.append((entry_cond, route))
     return _VirtualHost(vh, tuple(entries))

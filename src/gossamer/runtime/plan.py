@@ -25,6 +25,7 @@ class ReplicaPlan:
     cwd: Path
     readiness_path: str | None
     service_account: str | None = None  # the sidecar's identity; None: the service's name
+    zone: str | None = None  # the replica's locality: its sidecar's --zone, the app's GOSSAMER_ZONE
 
     @property
     def proxy_name(self) -> str:
@@ -83,7 +84,9 @@ def build_plan(resources: Sequence[Resource], base_dir: Path) -> Plan:
 
     A Service with subsets runs `replicas` of each subset (the subset's command, else the
     service's, with the subset's env over the service's); one without runs `spec.replicas`. A
-    relative `workingDir` is taken from `base_dir`, the folder of the mesh file.
+    relative `workingDir` is taken from `base_dir`, the folder of the mesh file. Replica i of a
+    group runs in `zones[i % len(zones)]` of its subset, else of its service (no zones: none);
+    its app sees the zone as GOSSAMER_ZONE.
     """
     replicas: list[ReplicaPlan] = []
     publishes: list[PublishPlan] = []
@@ -94,21 +97,31 @@ def build_plan(resources: Sequence[Resource], base_dir: Path) -> Plan:
         spec, meta = res.spec, res.metadata
         cwd = base_dir / spec.working_dir if spec.working_dir else base_dir
         probe = spec.readiness_probe.path if spec.readiness_probe else None
-        groups: list[tuple[str | None, int, list[str] | None, dict[str, str], dict[str, str]]]
+        groups: list[
+            tuple[str | None, int, list[str] | None, dict[str, str], dict[str, str], list[str]]
+        ]
         if spec.subsets:
             groups = [
-                (s.name, s.replicas, s.command or spec.command, {**spec.env, **s.env}, s.labels)
+                (
+                    s.name,
+                    s.replicas,
+                    s.command or spec.command,
+                    {**spec.env, **s.env},
+                    s.labels,
+                    s.zones or spec.zones,
+                )
                 for s in spec.subsets
             ]
         else:
-            groups = [(None, spec.replicas, spec.command, dict(spec.env), {})]
-        for subset, count, command, env, labels in groups:
+            groups = [(None, spec.replicas, spec.command, dict(spec.env), {}, spec.zones)]
+        for subset, count, command, env, labels, zones in groups:
             if count and not command:
                 where = f"Service {meta.name}" + (f" subset {subset}" if subset else "")
                 notes.append(f"{where} has no command: nothing to run for it")
                 continue
             for i in range(count):
                 stem = f"{meta.name}-{subset}" if subset else meta.name
+                zone = zones[i % len(zones)] if zones else None
                 replicas.append(
                     ReplicaPlan(
                         name=f"{stem}-{i}",
@@ -118,10 +131,12 @@ def build_plan(resources: Sequence[Resource], base_dir: Path) -> Plan:
                         index=i,
                         labels=dict(labels),
                         command=list(command or []),
-                        env=env,
+                        # The zone is where the runtime put it: the file's env cannot move it.
+                        env={**env, "GOSSAMER_ZONE": zone} if zone else env,
                         cwd=cwd.resolve(),
                         readiness_path=probe,
                         service_account=spec.service_account,
+                        zone=zone,
                     )
                 )
         if spec.publish is not None:

@@ -180,6 +180,8 @@ def sidecar_argv(
     ]
     if replica.subset:
         argv += ["--subset", replica.subset]
+    if replica.zone:
+        argv += ["--zone", replica.zone]
     for key, value in sorted(replica.labels.items()):
         argv += ["--label", f"{key}={value}"]
     if replica.readiness_path:

@@ -31,6 +31,8 @@ EJECT_OUTLIER = 1
 """`ejected` bit: outlier detection took the endpoint out (True sets this bit)."""
 EJECT_UNREACHABLE = 2
 """`ejected` bit: connecting failed; out until `unreachable_until` (proxy/failfast.py)."""
+EJECT_HEALTH_CHECK = 4
+"""`ejected` bit: active health checks failed `unhealthy_threshold` times (proxy/health.py)."""
 
 
 class EndpointState:
@@ -40,13 +42,17 @@ class EndpointState:
         address: "host:port" as in the Snapshot; host and port split from it.
         weight: relative share (balancers skip weight <= 0).
         healthy: from the Snapshot (control plane health).
-        ejected: a bit set of ejection reasons (EJECT_OUTLIER, EJECT_UNREACHABLE), 0 when none;
-            balancers only test its truth, so each reason sets and clears its own bit.
+        ejected: a bit set of ejection reasons (EJECT_OUTLIER, EJECT_UNREACHABLE,
+            EJECT_HEALTH_CHECK), 0 when none; balancers only test its truth, so each reason sets
+            and clears its own bit.
         unreachable_until: loop time until which a fail-fast ejection lasts.
         connect_failures: consecutive failed attempts to reach it (drives the backoff).
         zone, labels, proxy_id: locality and identity from the Snapshot.
         active_requests: requests in flight (on_start / on_complete).
         ewma_latency: peak-EWMA latency estimate in seconds, as of `ewma_stamp`.
+        od_*: outlier detection's counters (proxy/outlier.py): consecutive 5xx and gateway
+            errors, successes and tries in the current interval, times ejected (decays), and
+            the loop time until which an outlier ejection lasts.
     """
 
     __slots__ = (
@@ -61,6 +67,12 @@ class EndpointState:
         "healthy",
         "host",
         "labels",
+        "od_5xx",
+        "od_ejections",
+        "od_gateway",
+        "od_success",
+        "od_total",
+        "od_until",
         "port",
         "proxy_id",
         "unreachable_until",
@@ -97,6 +109,12 @@ class EndpointState:
         self._decay = decay
         self.ewma_latency = initial_latency
         self.ewma_stamp = clock()
+        self.od_5xx = 0
+        self.od_gateway = 0
+        self.od_success = 0
+        self.od_total = 0
+        self.od_ejections = 0
+        self.od_until = 0.0
 
     @classmethod
     def from_endpoint(cls, endpoint: snap.Endpoint, clock: Clock) -> EndpointState:
