@@ -282,7 +282,8 @@ class LoadBalancer(_Base, kw_only=True, frozen=True):
     ring_hash: RingHash | None = None
     # Envoy's panic threshold (Istio's minHealthPercent): when fewer than this percentage of the
     # healthy endpoints are available (not ejected), balance over all healthy ones, ejected or
-    # not. With 0, only when none at all is available.
+    # not. 0 (Istio's default) turns panic off: with nothing available, only an endpoint out for
+    # fail-fast's backoff alone is probed; ejected ones stay out and the request fails at once.
     panic_threshold: float = 0.0
     # Prefer endpoints in the caller's zone (ProxyIdentity.zone) and spill to other zones as the
     # local one loses available endpoints (Envoy's priority levels, overprovisioning 1.4).

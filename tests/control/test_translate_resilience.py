@@ -70,12 +70,18 @@ def _policy(name: str, target: str, spec: str) -> str:
 # --- outlier detection and the cluster's other settings -------------------------------------------
 
 
-def test_no_outlier_detection_unless_configured() -> None:
+def test_gateway_error_detection_is_on_by_default() -> None:
     s = _translate("")
-    assert all(c.outlier_detection is None for c in s.clusters)
+    assert all(c.outlier_detection == snap.OutlierDetection() for c in s.clusters)
+    assert snap.OutlierDetection().consecutive_gateway_errors == 5
     assert all(c.health_check is None for c in s.clusters)
     assert all(c.load_balancer == snap.LoadBalancer(policy="LEAST_REQUEST") for c in s.clusters)
     assert s.rate_limits is None
+
+
+def test_mesh_default_can_turn_it_off() -> None:
+    s = _translate(_mesh("{defaults: {outlierDetection: {consecutiveGatewayErrors: 0}}}"))
+    assert all(c.outlier_detection is None for c in s.clusters)
 
 
 def test_mesh_default_reaches_every_cluster() -> None:
@@ -346,8 +352,10 @@ def test_limits_of_another_namespace_do_not_apply() -> None:
     assert s.rate_limits is None
 
 
-def test_old_snapshots_are_unchanged_by_the_new_fields() -> None:
-    """Nothing of issue 4 configured: the Snapshot holds none of its fields."""
+def test_nothing_configured_adds_only_the_default_outlier_detection() -> None:
+    """Nothing of issue 4 configured: the Snapshot holds none of its fields but the default
+    outlier detection, which is all defaults (an empty object on the wire)."""
     body = snap.encode(_translate(ROUTE.split("      filters:")[0] + "---\n"))
-    for key in (b"outlierDetection", b"healthCheck", b"rateLimits", b"panicThreshold", b"zone"):
+    for key in (b"healthCheck", b"rateLimits", b"panicThreshold", b"zone", b"fallback"):
         assert key not in body
+    assert b'"outlierDetection":{}' in body

@@ -47,6 +47,9 @@ def serve(routes: dict[str, Handler], html: Callable[[], str] | None = None) -> 
     class Shop(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = f"shop-{SERVICE}"
+        # Head and body go out in two writes: without TCP_NODELAY the body waits ~40 ms for the
+        # peer's delayed ACK, on every keep-alive request.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

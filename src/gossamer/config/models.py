@@ -241,8 +241,9 @@ class MeshDefaults(Model):
     load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA", "RING_HASH"] = (
         "LEAST_REQUEST"
     )
-    # None: no outlier detection for clusters whose DestinationPolicy sets none.
-    outlier_detection: OutlierDetectionSpec | None = None
+    # On by default, like Linkerd's failure accrual: 5 gateway errors in a row eject an endpoint
+    # for 30 s (at most 10% of a cluster). `consecutiveGatewayErrors: 0` here turns it off.
+    outlier_detection: OutlierDetectionSpec = OutlierDetectionSpec()
 
 
 def _host_port(value: object) -> object:

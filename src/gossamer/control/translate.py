@@ -443,14 +443,10 @@ def _outlier_detection(
 ) -> tuple[snap.OutlierDetection | None, float]:
     """The cluster's outlier detection and panic threshold, folded per field written: the Mesh
     default, then service-level policies, then subset-level ones (the first by namespace/name
-    winning within a level). Nothing written anywhere: off."""
-    layers: list[OutlierDetectionSpec] = []
-    if world.mesh.defaults.outlier_detection is not None:
-        layers.append(world.mesh.defaults.outlier_detection)
+    winning within a level). Nothing written anywhere: the mesh default (gateway errors)."""
+    layers: list[OutlierDetectionSpec] = [world.mesh.defaults.outlier_detection]
     for level in reversed(_targeting(world.policies, key)):
         layers += [p.spec.outlier_detection for p in reversed(level) if p.spec.outlier_detection]
-    if not layers:
-        return None, 0.0
     folded: dict[str, Any] = {}
     for layer in layers:
         folded.update({f: getattr(layer, f) for f in layer.model_fields_set})

@@ -1,0 +1,1 @@
+"""Chaos scenarios on Gossamer meshes: the library behind bench/chaos and tests/integration."""
