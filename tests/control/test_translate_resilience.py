@@ -75,7 +75,11 @@ def test_gateway_error_detection_is_on_by_default() -> None:
     assert all(c.outlier_detection == snap.OutlierDetection() for c in s.clusters)
     assert snap.OutlierDetection().consecutive_gateway_errors == 5
     assert all(c.health_check is None for c in s.clusters)
-    assert all(c.load_balancer == snap.LoadBalancer(policy="LEAST_REQUEST") for c in s.clusters)
+    # Envoy's default panic threshold comes with it: a lone ejected replica still gets traffic.
+    assert all(
+        c.load_balancer == snap.LoadBalancer(policy="LEAST_REQUEST", panic_threshold=50.0)
+        for c in s.clusters
+    )
     assert s.rate_limits is None
 
 
@@ -127,7 +131,7 @@ def test_fields_fold_mesh_then_service_then_subset() -> None:
     # minHealthPercent is the balancer's panic threshold, inherited by the subsets.
     assert _cluster(s, "api.default").load_balancer.panic_threshold == 40.0
     assert _cluster(s, "api.default.v2").load_balancer.panic_threshold == 40.0
-    assert _cluster(s, "web.default").load_balancer.panic_threshold == 0.0
+    assert _cluster(s, "web.default").load_balancer.panic_threshold == 50.0  # the default
 
 
 def test_all_detectors_off_is_none_but_the_panic_threshold_stays() -> None:
@@ -179,7 +183,9 @@ def test_breaker_limits_locality_and_health_check() -> None:
     )
     api = _cluster(s, "api.default.v1")
     assert (api.connection_pool.max_requests, api.connection_pool.max_retries) == (7, 2)
-    assert api.load_balancer == snap.LoadBalancer(policy="ROUND_ROBIN", locality=False)
+    assert api.load_balancer == snap.LoadBalancer(
+        policy="ROUND_ROBIN", locality=False, panic_threshold=50.0
+    )
     assert api.health_check == snap.HealthCheck(path="/ready", interval=3.0, unhealthy_threshold=1)
     web = _cluster(s, "web.default")
     assert web.load_balancer.locality
@@ -356,6 +362,7 @@ def test_nothing_configured_adds_only_the_default_outlier_detection() -> None:
     """Nothing of issue 4 configured: the Snapshot holds none of its fields but the default
     outlier detection, which is all defaults (an empty object on the wire)."""
     body = snap.encode(_translate(ROUTE.split("      filters:")[0] + "---\n"))
-    for key in (b"healthCheck", b"rateLimits", b"panicThreshold", b"zone", b"fallback"):
+    for key in (b"healthCheck", b"rateLimits", b"zone", b"fallback"):
         assert key not in body
     assert b'"outlierDetection":{}' in body
+    assert b'"panicThreshold":50.0' in body

@@ -218,7 +218,9 @@ class OutlierDetectionSpec(Model):
     base_ejection_time: PositiveDuration = 30.0
     max_ejection_time: PositiveDuration = 300.0
     max_ejection_percent: float = Field(10, ge=0, le=100)
-    min_health_percent: float = Field(0, ge=0, le=100)
+    # Envoy's default panic threshold: a service whose only replica was ejected keeps getting
+    # traffic; 0 lets the circuit open (nothing available: fail at once, or the fallback).
+    min_health_percent: float = Field(50, ge=0, le=100)
     success_rate: SuccessRateSpec | None = None
 
     @model_validator(mode="after")
