@@ -225,8 +225,9 @@ class Fallback(_Base, kw_only=True, frozen=True):
     a connect failure, reset, timeout or 5xx, or the circuit open (overflow, no healthy
     endpoint, retry budget exhausted). Tried in this order, the first that applies wins:
 
-    1. `max_stale`: the last good (2xx) response to the same GET/HEAD request (method,
-       authority, path and query), when it is at most `max_stale` seconds old;
+    1. `max_stale`: the last shareable 200/203/204 response to the same GET/HEAD request
+       (method, authority, path, query, and the request headers its Vary names; never for
+       requests with credentials; see proxy/response_cache.py), when at most `max_stale` old;
     2. `backend`: the request goes to this cluster instead (a degraded service), one try;
     3. `response`: a static response.
 
@@ -320,7 +321,8 @@ class OutlierDetection(_Base, kw_only=True, frozen=True):
     503, 504), or by success rate; None turns that detector off. It comes back after
     `base_ejection_time` times the number of times it was ejected (at most `max_ejection_time`);
     a run without ejection brings that number down by one per `interval`. At most
-    `max_ejection_percent` of the cluster's endpoints are out at once (at least one may be).
+    `max_ejection_percent` of the cluster's endpoints are out at once (with any percentage above
+    0 at least one may be; 0 ejects none).
     """
 
     consecutive_5xx: int | None = msgspec.field(default=None, name="consecutive5xx")

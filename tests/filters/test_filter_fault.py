@@ -128,7 +128,11 @@ def test_header_conditions_limit_the_fault() -> None:
         (snap.Fault(), "needs a delay, an abort or both"),
         (snap.Fault(delay=snap.FaultDelay(fixed_delay=-1)), "fixedDelay"),
         (snap.Fault(delay=snap.FaultDelay(fixed_delay=1, percentage=101)), "percentage"),
-        (snap.Fault(abort=snap.FaultAbort(http_status=600)), "httpStatus 600"),
+        (snap.Fault(abort=snap.FaultAbort(http_status=600)), "httpStatus 600 is not in 400-599"),
+        # A 2xx/3xx abort would send the flag's JSON body with a 204 or 304: not an abort.
+        (snap.Fault(abort=snap.FaultAbort(http_status=204)), "httpStatus 204 is not in 400-599"),
+        (snap.Fault(abort=snap.FaultAbort(http_status=200)), "httpStatus 200 is not in 400-599"),
+        (snap.Fault(abort=snap.FaultAbort(http_status=399)), "httpStatus 399 is not in 400-599"),
         (
             snap.Fault(
                 abort=snap.FaultAbort(http_status=503),

@@ -249,6 +249,84 @@ def test_a_seeded_share_of_requests_is_mirrored() -> None:
     run(main())
 
 
+def _refusing_snapshot(
+    primary: str, shadow: str, fault: snap.Fault | None, pool: snap.ConnectionPool
+) -> snap.Snapshot:
+    """The mirror rule, with a Fault before it and a request limit on the primary cluster."""
+    filters: list[snap.RouteFilter] = [] if fault is None else [snap.FaultFilter(fault=fault)]
+    filters.append(
+        snap.RequestMirrorFilter(request_mirror=snap.RequestMirror(cluster="shadow.default"))
+    )
+    return snap.seal(
+        snap.Snapshot(
+            proxy=snap.ProxyIdentity(proxy_id="frontend-0", service="frontend"),
+            virtual_hosts=[
+                snap.VirtualHost(
+                    name="pricing.default",
+                    domains=["pricing"],
+                    rules=[
+                        snap.RouteRule(
+                            name=RULE,
+                            filters=filters,
+                            backends=[snap.WeightedCluster(cluster="pricing.default")],
+                        )
+                    ],
+                )
+            ],
+            clusters=[cluster("pricing", [primary], pool=pool), cluster("shadow", [shadow])],
+        )
+    )
+
+
+def test_a_request_aborted_after_its_delay_is_not_mirrored() -> None:
+    """Delay then abort, the body complete during the delay: the copy waits for the request to
+    go ahead, and it never does."""
+
+    async def main() -> None:
+        primary = await Backend(echo).start()
+        shadow = await Backend(echo).start()
+        fault = snap.Fault(
+            delay=snap.FaultDelay(fixed_delay=0.05), abort=snap.FaultAbort(http_status=503)
+        )
+        dp, _, out, registry = await start_dataplane(
+            _refusing_snapshot(primary.address, shadow.address, fault, snap.ConnectionPool())
+        )
+        client = await Client.open(out)
+        r = await client.request(b"/order", b"pricing", method=b"POST", body=b"payload")
+        assert (r.status, r.header(b"x-gossamer-flags")) == (503, b"fault-abort")
+        binding = dp.tables.routes.mirrors[0]
+        # A copy, had one gone, would be in flight or counted by now (it starts synchronously).
+        assert binding.mirror.in_flight == 0
+        assert mirrored(registry, "sent") + mirrored(registry, "failed") == 0
+        assert (primary.seen, shadow.seen) == ([], [])
+
+    run(main())
+
+
+def test_a_request_refused_by_the_request_limit_is_not_mirrored() -> None:
+    """max_requests 1 on the primary: the held request is copied, the one refused with 503
+    overflow is not (counted as skipped)."""
+
+    async def main() -> None:
+        primary = await Backend(lambda _seen: None).start()
+        shadow = await Backend(echo).start()
+        pool = snap.ConnectionPool(max_requests=1)
+        _dp, _, out, registry = await start_dataplane(
+            _refusing_snapshot(primary.address, shadow.address, None, pool)
+        )
+        held = await Client.open(out)
+        held.send(b"GET /held HTTP/1.1\r\nhost: pricing\r\n\r\n")
+        await wait_until(lambda: len(primary.seen) == 1)
+        client = await Client.open(out)
+        r = await client.request(b"/refused", b"pricing")
+        assert (r.status, r.header(b"x-gossamer-flags")) == (503, b"overflow")
+        await wait_until(lambda: mirrored(registry, "sent") == 1)
+        assert mirrored(registry, "skipped") == 1
+        assert [s.url for s in shadow.seen] == [b"/held"]
+
+    run(main())
+
+
 def test_a_mirror_naming_an_unknown_cluster_is_refused() -> None:
     async def main() -> None:
         dp, _, _, _ = await start_dataplane(

@@ -4,6 +4,7 @@ Global rule (with a scripted stand-in for Redis: the real one is in tests/proxy)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -179,6 +180,46 @@ def test_keys_give_each_value_its_own_bucket() -> None:
     assert not check(lim, head(headers=[(b"x-other", b"1")]), peer="x").allowed
 
 
+def test_long_key_values_are_kept_as_fixed_size_hashes() -> None:
+    """A client sending 60 KB header values must not make a rule keep them: each stored key
+    part is at most KEY_PART_MAX long whatever the request carries, short values stay as they
+    are, and a long value still has a bucket of its own (the same value, the same bucket)."""
+    lim = limiter(
+        rule(
+            requests=1,
+            keys=[
+                snap.RateLimitKey(type="Header", name="x-user"),
+                snap.RateLimitKey(type="SourceIdentity"),
+            ],
+        )
+    )
+    peer = "spiffe://td/ns/a/sa/" + "w" * 500
+    for i in range(200):
+        value = b"%05d" % i + b"k" * 60_000
+        assert check(lim, head(headers=[(b"x-user", value)]), peer=peer).allowed
+    long_one = head(headers=[(b"x-user", b"00007" + b"k" * 60_000)])
+    assert not check(lim, long_one, peer=peer).allowed
+    assert check(lim, head(headers=[(b"x-user", b"alice")]), peer="spiffe://td/ns/a/sa/web").allowed
+    local = lim.rules[0].local
+    assert local is not None
+    assert len(local) == 201
+    stored = sum(sys.getsizeof(key) + sum(sys.getsizeof(p) for p in key) for key in local.buckets)
+    assert stored < 201 * 400  # about 250 bytes a key, not 60 KB
+    assert all(len(p) <= rl.KEY_PART_MAX for key in local.buckets for p in key)
+    assert (b"alice", "spiffe://td/ns/a/sa/web") in local.buckets
+
+
+def test_token_buckets_bound_the_keys_they_are_given() -> None:
+    b = rl.TokenBuckets(capacity=1, rate=1.0)
+    big = (b"x" * 100_000, "short")
+    assert b.take(big, 0.0) == 0.0
+    assert b.take(big, 0.0) > 0.0  # the same bucket, found through the bounded key
+    [(stored_key, _)] = b.buckets.items()
+    assert stored_key == (rl.bound_key_part(b"x" * 100_000), "short")
+    assert len(stored_key[0]) == 33
+    assert rl.bound_key(("a" * rl.KEY_PART_MAX,)) == ("a" * rl.KEY_PART_MAX,)
+
+
 def test_route_key_and_route_rules_filter_outbound() -> None:
     lim = limiter(
         rule(
@@ -296,6 +337,25 @@ def test_global_rule_waits_then_calls_back_once_and_continues_with_later_rules()
     text = registry.render().decode()
     assert 'rule="g2",decision="fail_closed"} 1' in text
     assert 'rule="g1",decision="fail_open"} 1' in text
+
+
+def test_a_waiting_request_is_decided_once_even_if_its_rule_answers_twice() -> None:
+    pending: list[Callable[[rl.Outcome], None]] = []
+
+    class Twice:
+        def acquire(self, key: rl.Key, done: Callable[[rl.Outcome], None]) -> rl.Outcome | None:
+            pending.append(done)
+            return None
+
+        def close(self) -> None:
+            pass
+
+    lim = limiter(rule(name="g", scope="Global"), factory=lambda spec: Twice())
+    decisions: list[rl.Decision] = []
+    assert lim.check(head(), None, None, b"ip", decisions.append) is None
+    pending[0]((rl.ALLOWED, 0.0, ""))
+    pending[0]((rl.LIMITED, 1.0, ""))
+    assert [d.outcome for d in decisions] == ["allowed"]
 
 
 # --- compile ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The exchange's side of the circuit breakers: every accepted request gives its slot back once.
 
 Real data planes and backends on 127.0.0.1 (helpers from test_dataplane.py). The cluster runtime
-the data plane built is wrapped by a `Spy` that counts the calls of the breaker interface
-(start_request / end_request / start_retry / end_retry / on_try_result) and checks that no slot
-is ever given back twice.
+the data plane built is wrapped by a `Spy` that counts the request slots taken and given back
+(`active_requests`, which the exchange updates inline) and the calls of the rest of the breaker
+interface (start_request refusals / start_retry / end_retry / on_try_result), and checks that no
+slot is ever given back twice.
 """
 
 from __future__ import annotations
@@ -34,29 +35,51 @@ from gossamer.proxy.loadbalance import EndpointState
 
 
 class Spy:
-    """Counts a runtime's breaker calls (wrapping the real methods) and checks their pairing."""
+    """Counts a runtime's breaker calls (wrapping the real methods) and checks their pairing.
+
+    The exchange takes and gives back request slots by updating `active_requests` inline (the
+    same test and count as start_request / end_request), so starts and ends are counted on that
+    attribute: the runtime's class is swapped for a subclass whose property sees every change.
+    """
 
     def __init__(self, runtime: ClusterRuntime) -> None:
         self.runtime = runtime
         self.starts = self.refused = self.ends = 0
         self.retry_starts = self.retry_refused = self.retry_ends = 0
         self.results: list[tuple[str, int]] = []
-        start, end = runtime.start_request, runtime.end_request
+        start = runtime.start_request
         start_retry, end_retry = runtime.start_retry, runtime.end_retry
         on_result = runtime.on_try_result
+        spy = self
+
+        def get_active(rt: ClusterRuntime) -> int:
+            value: int = rt.__dict__["_spied_active"]
+            return value
+
+        def set_active(rt: ClusterRuntime, value: int) -> None:
+            old = rt.__dict__["_spied_active"]
+            assert value >= 0, "active_requests below zero"
+            if value == old + 1:
+                spy.starts += 1
+            elif value == old - 1:
+                spy.ends += 1
+                assert spy.ends <= spy.starts, "a slot given back without a matching start"
+            else:
+                raise AssertionError(f"active_requests jumped from {old} to {value}")
+            rt.__dict__["_spied_active"] = value
+
+        runtime.__dict__["_spied_active"] = runtime.__dict__.pop("active_requests")
+        runtime.__class__ = type(
+            "SpiedClusterRuntime",
+            (type(runtime),),
+            {"active_requests": property(get_active, set_active)},
+        )
 
         def start_request() -> bool:
             accepted = start()
-            if accepted:
-                self.starts += 1
-            else:
+            if not accepted:
                 self.refused += 1
             return accepted
-
-        def end_request() -> None:
-            self.ends += 1
-            assert self.ends <= self.starts, "end_request without a matching start_request"
-            end()
 
         def start_retry_() -> bool:
             accepted = start_retry()
@@ -77,7 +100,6 @@ class Spy:
 
         # Instance attributes shadow the methods: the exchange calls these.
         runtime.start_request = start_request  # type: ignore[method-assign]
-        runtime.end_request = end_request  # type: ignore[method-assign]
         runtime.start_retry = start_retry_  # type: ignore[method-assign]
         runtime.end_retry = end_retry_  # type: ignore[method-assign]
         runtime.on_try_result = on_try_result  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ by swapping the rule's cache clock for a fake one; nothing waits for max_stale t
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def fallbacks(registry: Registry, kind: str, cause: str) -> float:
 
 
 def rule_cache(dp: DataPlane) -> ResponseCache:
-    return dp.tables.routes.caches[f"pricing.default|{RULE}"]
+    return dp.tables.routes.caches[f"pricing.default|{RULE}|pricing.default"]
 
 
 # --- static responses, one per cause --------------------------------------------------------------
@@ -426,6 +427,71 @@ def test_a_fresh_cached_response_wins_over_the_backend() -> None:
         assert (await client.request(b"/a", b"pricing")).body == b"primary"  # cached
         assert (await client.request(b"/b", b"pricing")).body == b"lite"  # nothing cached
         assert len(lite.seen) == 1
+
+    run(main())
+
+
+def test_a_backend_fallback_after_a_timeout_gets_its_own_request_timeout(tmp_path: Path) -> None:
+    """The primary never answers within the 0.3 s request timeout; the fallback backend answers
+    in 50 ms. Its own deadline runs from when it starts (it used to inherit the original's, already
+    passed, and failed at once); the access log still measures from the request's arrival."""
+
+    async def lite_handler(_seen: Seen) -> bytes:
+        await asyncio.sleep(0.05)  # a healthy degraded service, a little slow
+        return ok(b"lite")
+
+    async def main() -> None:
+        log_file = tmp_path / "access.log"
+        app = await Backend(lambda _seen: None).start()
+        lite = await Backend(lite_handler).start()
+        fb = snap.Fallback(backend=snap.WeightedCluster(cluster="lite.default"))
+        dp, _, out, registry = await start_dataplane(
+            fallback_snapshot(
+                fb, [app.address], lite=[lite.address], timeouts=snap.Timeouts(request=0.3)
+            ),
+            access_log=str(log_file),
+        )
+        client = await Client.open(out)
+        r = await client.request(b"/x", b"pricing")
+        assert (r.status, r.body, r.header(b"x-gossamer-flags")) == (
+            200,
+            b"lite",
+            b"fallback,timeout",
+        )
+        assert len(lite.seen) == 1
+        assert fallbacks(registry, "backend", "timeout") == 1
+        await dp.drain(1.0)
+        (line,) = [json.loads(text) for text in log_file.read_text().splitlines()]
+        assert line["flags"] == "fallback,timeout"
+        assert line["durationMs"] >= 300.0
+
+    run(main())
+
+
+# --- statuses without a body ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_static_204_or_304_goes_without_a_body_or_a_length(status: int) -> None:
+    """The configured body is dropped (these statuses never have one) and no Content-Length is
+    sent, to a GET or a HEAD; the connection stays in step for the next request."""
+
+    async def main() -> None:
+        response = snap.StaticResponse(status=status, body="ignored")
+        _dp, _, out, _ = await start_dataplane(
+            fallback_snapshot(snap.Fallback(response=response), [dead_address()])
+        )
+        client = await Client.open(out)
+        for method in (b"GET", b"HEAD", b"GET"):
+            client.send(b"%s /x HTTP/1.1\r\nhost: pricing\r\n\r\n" % method)
+            head = (await client.reader.readuntil(b"\r\n\r\n")).lower()
+            assert head.startswith(b"http/1.1 %d" % status)
+            assert b"content-length" not in head
+            assert b"transfer-encoding" not in head
+            assert b"x-gossamer-flags: fallback,connect-failure" in head
+        # Nothing followed the heads: the next bytes are the next response's.
+        r = await client.request(b"/x", b"pricing")
+        assert (r.status, r.body) == (status, b"")
 
     run(main())
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import msgspec
 import pytest
 from test_outlier import HEAD
 
 from gossamer import snapshot as snap
 from gossamer.proxy.breaker import resilience_metrics
 from gossamer.proxy.cluster import ClusterRuntime
+from gossamer.proxy.health import probe_request
 from gossamer.proxy.loadbalance.base import EJECT_HEALTH_CHECK, EJECT_OUTLIER, EndpointState
 from gossamer.proxy.stats import DataPlaneMetrics
 from gossamer.telemetry.metrics import Registry
@@ -218,3 +223,64 @@ async def test_endpoint_state_survives_membership_changes(
         assert list(rt.health.checks) == [good.address]
     finally:
         rt.close()
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def test_probe_request_percent_encodes_the_path_like_the_router() -> None:
+    """The config accepts non-ASCII and spaces in a path: they go out percent-encoded."""
+    request = probe_request("/santé check", "inventory")
+    assert request.startswith(b"GET /sant%C3%A9%20check HTTP/1.1\r\nhost: inventory\r\n")
+    assert request.endswith(b"connection: close\r\n\r\n")
+    assert request.count(b"\r\n") == 5  # request line, three headers, the blank line
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"path": "/h HTTP/1.1\r\nx-evil: 1\r\n\r\nGET /admin"}, "health_check.path"),
+        ({"path": "/ok\n"}, "health_check.path"),
+        ({"path": "healthz"}, "health_check.path"),
+        ({"path": "/healthz?full=1#x"}, "health_check.path"),
+        ({"interval": 0.0}, "health_check.interval"),
+        ({"interval": math.inf}, "health_check.interval"),
+        ({"timeout": math.nan}, "health_check.timeout"),
+        ({"timeout": -1.0}, "health_check.timeout"),
+        ({"healthy_threshold": 0}, "health_check.healthy_threshold"),
+        ({"unhealthy_threshold": -2}, "health_check.unhealthy_threshold"),
+    ],
+)
+async def test_bad_settings_are_refused_naming_the_field(
+    change: dict[str, Any], field: str
+) -> None:
+    """ClusterRuntime.check (the data plane NACKs), a new checker and configure all refuse them;
+    a refused configure changes nothing."""
+    spec = msgspec.structs.replace(
+        cluster_spec(["127.0.0.1:1"]), health_check=msgspec.structs.replace(CHECK, **change)
+    )
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ValueError, match=re.escape(field)):
+        ClusterRuntime.check(spec, loop)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        make_runtime(spec, Registry())
+    rt = make_runtime(cluster_spec(["127.0.0.1:1"]), Registry())
+    try:
+        assert rt.health is not None
+        before = rt.health.request
+        with pytest.raises(ValueError, match=re.escape(field)):
+            rt.health.configure(msgspec.structs.replace(CHECK, **change))
+        assert rt.health.request == before
+        assert rt.health.interval == CHECK.interval
+    finally:
+        rt.close()
+
+
+async def test_a_service_that_would_end_the_host_header_is_refused() -> None:
+    spec = msgspec.structs.replace(cluster_spec(["127.0.0.1:1"]), service="inv\r\nx-evil: 1")
+    with pytest.raises(ValueError, match="Host"):
+        ClusterRuntime.check(spec, asyncio.get_running_loop())
+    # Without health checks the service name goes into no probe: nothing to refuse here.
+    ClusterRuntime.check(
+        msgspec.structs.replace(spec, health_check=None), asyncio.get_running_loop()
+    )

@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Sequence
+from typing import cast
 
 import pytest
 from test_outlier import HEAD, FakeLoop
@@ -15,7 +16,7 @@ from gossamer.http.message import RequestHead
 from gossamer.proxy.cluster import ClusterRuntime
 from gossamer.proxy.dataplane import DataPlane, ProxySettings
 from gossamer.proxy.loadbalance.base import EJECT_OUTLIER, EndpointState
-from gossamer.proxy.loadbalance.locality import LocalityBalancer, splits
+from gossamer.proxy.loadbalance.locality import SHARE_TTL, LocalityBalancer, splits
 from gossamer.proxy.stats import DataPlaneMetrics
 from gossamer.telemetry.metrics import Registry
 
@@ -47,6 +48,11 @@ def runtime(cluster: snap.Cluster, zone: str | None, seed: int = 7) -> ClusterRu
         rand=random.Random(seed),
         zone=zone,
     )
+
+
+def settle(rt: ClusterRuntime) -> None:
+    """Let the cached local share expire (the runtimes here run on a FakeLoop)."""
+    cast(FakeLoop, rt.loop).advance(SHARE_TTL * 1.01)
 
 
 def zone_counts(rt: ClusterRuntime, n: int) -> Counter[str | None]:
@@ -86,13 +92,41 @@ def test_spill_grows_in_proportion_as_the_local_zone_loses_endpoints(policy: str
     rt = runtime(spec(["a", "a", "a", "b", "b", "b"], policy), "a")
     local = [e for e in rt.endpoints if e.zone == "a"]
     local[0].ejected |= EJECT_OUTLIER
+    settle(rt)
     counts = zone_counts(rt, 2000)
     assert counts["a"] / 2000 == pytest.approx(1.4 * 2 / 3, abs=0.03)
     local[1].ejected |= EJECT_OUTLIER
+    settle(rt)
     counts = zone_counts(rt, 2000)
     assert counts["a"] / 2000 == pytest.approx(1.4 / 3, abs=0.05)
     local[2].ejected |= EJECT_OUTLIER
+    # Even before the share is counted again, nothing goes to an ejected endpoint: the local
+    # balancer finds none available and the pick falls over to the other zone.
     assert zone_counts(rt, 200) == Counter({"b": 200})
+
+
+def test_the_local_share_is_cached_for_a_short_while_and_recounted_after_an_update() -> None:
+    """Counted at most once per SHARE_TTL of the loop clock: an ejection moves the spill from
+    the next count on (where picks go is never stale: the ejected endpoint is skipped at once);
+    a membership update counts again at once."""
+    rt = runtime(spec(["a", "a", "b", "b"]), "a")
+    lb = rt.balancer
+    assert isinstance(lb, LocalityBalancer)
+    local = [e for e in rt.endpoints if e.zone == "a"]
+    assert zone_counts(rt, 50) == Counter({"a": 50})
+    local[0].ejected |= EJECT_OUTLIER  # 1.4 x 1/2 = 70% should stay local
+    assert lb.local_share() == pytest.approx(0.7)
+    picks = [p.endpoint for p in (rt.pick(HEAD, None) for _ in range(50)) if p is not None]
+    assert picks == [local[1]] * 50  # the cached share (1.0): all local, the ejected skipped
+    cast(FakeLoop, rt.loop).advance(SHARE_TTL / 2)
+    assert zone_counts(rt, 50) == Counter({"a": 50})
+    settle(rt)
+    counts = zone_counts(rt, 2000)
+    assert counts["a"] / 2000 == pytest.approx(0.7, abs=0.04)
+    # Back in: still 70% until the next count, or at once after an update.
+    local[0].ejected = 0
+    rt.update(spec(["a", "a", "b", "b"]))
+    assert zone_counts(rt, 100) == Counter({"a": 100})
 
 
 def test_local_share_formula() -> None:
@@ -109,6 +143,7 @@ def test_local_share_formula() -> None:
     assert lb.local_share() == pytest.approx(0.7)
     local[5].healthy = False
     assert lb.local_share() == pytest.approx(0.56)
+    settle(rt)
     counts = zone_counts(rt, 4000)
     assert counts["a"] / 4000 == pytest.approx(0.56, abs=0.03)
 

@@ -7,10 +7,13 @@ real `ClusterRuntime` built on the same fake loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from gossamer import snapshot as snap
@@ -245,19 +248,153 @@ def test_success_rate_needs_minimum_hosts() -> None:
 
 
 def test_one_timer_per_cluster_and_none_when_quiet() -> None:
+    """Successes alone arm nothing (no success-rate detector: nothing to tally); an error does,
+    and the timer stops after a quiet interval."""
     loop = FakeLoop()
     eps = states(3, loop)
     od, _, _ = detector(loop, GATEWAY, eps)
     assert loop.armed == []
     for e in eps:
         feed(od, e, 200, 50)
+    assert loop.armed == []
+    assert all(e.od_total == 0 and e.od_success == 0 for e in eps)
+    for e in eps:
+        feed(od, e, 503, 1)
+        feed(od, e, 200, 5)
     assert len(loop.armed) == 1
     loop.advance(10.0)
-    assert len(loop.armed) == 1  # traffic in the last interval
+    assert len(loop.armed) == 1  # errors in the last interval
     loop.advance(10.0)
     assert loop.armed == []
     od.close()
     assert loop.armed == []
+
+
+def test_with_success_rate_every_result_is_tallied_and_keeps_the_timer() -> None:
+    loop = FakeLoop()
+    eps = states(3, loop)
+    config = snap.OutlierDetection(success_rate=snap.SuccessRateEjection(minimum_hosts=3))
+    od, _, _ = detector(loop, config, eps)
+    feed(od, eps[0], 200, 4)
+    feed(od, eps[0], 500, 1)
+    assert (eps[0].od_total, eps[0].od_success) == (5, 4)
+    assert len(loop.armed) == 1
+    loop.advance(10.0)
+    assert eps[0].od_total == 0
+    assert len(loop.armed) == 1  # traffic in the last interval
+
+
+def test_turning_success_rate_on_starts_the_tallies_over() -> None:
+    """Before, only errors were tallied: kept, they would read as a 0% success rate."""
+    loop = FakeLoop()
+    eps = states(3, loop)
+    od, counters, _ = detector(
+        loop, snap.OutlierDetection(consecutive_gateway_errors=None, consecutive_5xx=1000), eps
+    )
+    for e in eps:
+        feed(od, e, 200, 100)
+    feed(od, eps[0], 500, 30)  # 30 of 130 failed: 77%, an outlier, but only the 30 were tallied
+    assert eps[0].od_total == 30
+    od.configure(
+        snap.OutlierDetection(
+            consecutive_gateway_errors=None,
+            max_ejection_percent=100.0,
+            success_rate=snap.SuccessRateEjection(
+                minimum_hosts=3, request_volume=10, stdev_factor=1.0
+            ),
+        )
+    )
+    assert all(e.od_total == 0 for e in eps)
+    for e in eps:
+        feed(od, e, 200, 20)
+    loop.advance(10.0)
+    assert counters["success_rate"].value == 0
+    assert not any(e.ejected for e in eps)
+
+
+def test_max_ejection_percent_zero_never_ejects() -> None:
+    """0% (Istio, Envoy): the detectors count, nobody is ejected, nothing is counted as one."""
+    loop = FakeLoop()
+    eps = states(3, loop)
+    config = snap.OutlierDetection(
+        consecutive_5xx=2,
+        consecutive_gateway_errors=2,
+        max_ejection_percent=0.0,
+        success_rate=snap.SuccessRateEjection(minimum_hosts=3, request_volume=10),
+    )
+    od, counters, gauge = detector(loop, config, eps)
+    assert not od.may_eject()
+    feed(od, eps[0], 503, 10)
+    feed(od, eps[1], 500, 10)
+    feed(od, eps[2], 200, 10)
+    loop.advance(10.0)
+    assert not any(e.ejected for e in eps)
+    assert all(c.value == 0 for c in counters.values())
+    assert gauge.value == 0
+    assert od.ejected == []
+    # A small positive percentage still lets one out (Envoy's "at least one").
+    od.configure(msgspec.structs.replace(config, max_ejection_percent=1.0))
+    feed(od, eps[0], 503, 2)
+    assert eps[0].ejected == EJECT_OUTLIER
+    feed(od, eps[1], 503, 2)
+    assert not eps[1].ejected
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"interval": 0.0}, "outlier_detection.interval"),
+        ({"interval": math.inf}, "outlier_detection.interval"),
+        ({"base_ejection_time": math.nan}, "outlier_detection.base_ejection_time"),
+        ({"base_ejection_time": -1.0}, "outlier_detection.base_ejection_time"),
+        ({"max_ejection_time": math.inf}, "outlier_detection.max_ejection_time"),
+        ({"max_ejection_percent": 101.0}, "outlier_detection.max_ejection_percent"),
+        ({"max_ejection_percent": math.nan}, "outlier_detection.max_ejection_percent"),
+        ({"consecutive_5xx": -1}, "outlier_detection.consecutive_5xx"),
+        ({"consecutive_gateway_errors": -3}, "outlier_detection.consecutive_gateway_errors"),
+        (
+            {"success_rate": snap.SuccessRateEjection(minimum_hosts=0)},
+            "outlier_detection.success_rate.minimum_hosts",
+        ),
+        (
+            {"success_rate": snap.SuccessRateEjection(request_volume=0)},
+            "outlier_detection.success_rate.request_volume",
+        ),
+        (
+            {"success_rate": snap.SuccessRateEjection(stdev_factor=math.nan)},
+            "outlier_detection.success_rate.stdev_factor",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_field(change: dict[str, Any], field: str) -> None:
+    """The data plane NACKs them (ClusterRuntime.check); the detector never runs with them."""
+    loop = FakeLoop()
+    config = msgspec.structs.replace(snap.OutlierDetection(), **change)
+    spec = msgspec.structs.replace(cluster_spec(3), outlier_detection=config)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        ClusterRuntime.check(spec, loop.as_loop())
+    with pytest.raises(ValueError, match=re.escape(field)):
+        detector(loop, config, states(3, loop))
+    od, _, _ = detector(loop, GATEWAY, states(3, loop))
+    with pytest.raises(ValueError, match=re.escape(field)):
+        od.configure(config)
+    assert od.interval == GATEWAY.interval  # unchanged
+
+
+@pytest.mark.parametrize("panic", [math.nan, -1.0, 100.5, math.inf])
+def test_bad_panic_threshold_is_refused(panic: float) -> None:
+    spec = cluster_spec(3, panic=panic)
+    with pytest.raises(ValueError, match=r"load_balancer\.panic_threshold"):
+        ClusterRuntime.check(spec, FakeLoop().as_loop())
+
+
+def test_a_ceiling_below_the_base_time_is_accepted_and_raised_to_it() -> None:
+    """A folded config may have it (a Mesh ceiling, a policy's longer base)."""
+    loop = FakeLoop()
+    config = snap.OutlierDetection(base_ejection_time=60.0, max_ejection_time=30.0)
+    ClusterRuntime.check(cluster_spec(3, outlier=config), loop.as_loop())
+    od, _, _ = detector(loop, config, states(3, loop))
+    assert od.max_time == 60.0
 
 
 def test_close_puts_everyone_back() -> None:
@@ -364,6 +501,22 @@ def test_outlier_state_survives_a_snapshot_update_and_turning_it_off_clears_it()
     assert loop.armed == []
 
 
+def test_runtime_success_path_ends_error_runs_and_tallies_nothing_else() -> None:
+    """The runtime's early exit for successes still starts a run of errors over."""
+    loop = FakeLoop()
+    rt = make_runtime(loop, cluster_spec(4))  # 3 gateway errors in a row, no success rate
+    a = rt.endpoints[0]
+    for status in (503, 502, 200, 504, 503, 404, 502, 503):
+        rt.on_try_result(a, status)
+    assert not a.ejected
+    assert (a.od_5xx, a.od_gateway) == (2, 2)
+    rt.on_try_result(a, 301)
+    assert (a.od_5xx, a.od_gateway, a.od_success) == (0, 0, 0)
+    for _ in range(3):
+        rt.on_try_result(a, 503)
+    assert a.ejected == EJECT_OUTLIER
+
+
 def test_no_outlier_detection_costs_one_attribute_test() -> None:
     loop = FakeLoop()
     rt = make_runtime(loop, cluster_spec(2, outlier=None))
@@ -415,11 +568,15 @@ def test_panic_threshold_ignores_control_plane_unhealthy_endpoints() -> None:
     assert picked(rt) == {e.address for e in rt.endpoints[:3]}
 
 
-def test_zero_panic_threshold_keeps_the_none_available_fallback() -> None:
+def test_zero_panic_threshold_opens_the_circuit_when_all_are_ejected() -> None:
     loop = FakeLoop()
     rt = make_runtime(loop, cluster_spec(3, outlier=None))
     rt.endpoints[0].ejected |= EJECT_OUTLIER
     assert rt.endpoints[0].address not in picked(rt)
     for e in rt.endpoints:
         e.ejected |= EJECT_OUTLIER
-    assert picked(rt) == {e.address for e in rt.endpoints}
+    # No panic mode: ejected endpoints stay out and the request fails at once.
+    assert rt.pick(HEAD, None) is None
+    # An endpoint out only for fail-fast's backoff is still probed.
+    rt.endpoints[1].ejected = EJECT_UNREACHABLE
+    assert picked(rt) == {rt.endpoints[1].address}

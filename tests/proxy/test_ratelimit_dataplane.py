@@ -181,3 +181,56 @@ def test_concurrent_requests_waiting_on_one_redis_fetch_share_what_it_grants(
         assert metric_value(registry, "gossamer_proxy_rate_limit_redis_errors_total") == 0
 
     run(main())
+
+
+def test_a_request_waiting_on_a_removed_global_rule_goes_through() -> None:
+    """A Snapshot update that drops a Global rule while a request waits on Redis (here one that
+    never answers, with a long timeout) lets that request through, promptly: the rule no longer
+    applies. The connection then serves the next request without any limit."""
+
+    async def main() -> None:
+        heard = asyncio.Event()
+        hung: list[asyncio.StreamWriter] = []
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            hung.append(writer)
+            while await reader.read(65536):
+                heard.set()
+
+        redis = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = redis.sockets[0].getsockname()[1]
+        try:
+            app = await Backend(echo).start()
+            limit = snap.RateLimitRule(
+                name="default/g#0",
+                requests=5,
+                period=1.0,
+                scope="Global",
+                failure_mode="FailClosed",
+            )
+            limits = snap.RateLimits(
+                inbound=[limit], redis=snap.RedisServer(address=f"127.0.0.1:{port}", timeout=30.0)
+            )
+            base = snapshot([], [], app_port=app.port, service="catalog")
+            dp, inbound, _, registry = await start_dataplane(with_limits(base, limits))
+            client = await Client.open(inbound)
+            client.send(b"POST /w HTTP/1.1\r\nhost: catalog\r\ncontent-length: 4\r\n\r\nbody")
+            async with asyncio.timeout(5.0):
+                await heard.wait()  # the request waits on the fetch Redis never answers
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            dp.apply(with_limits(base, snap.RateLimits()))
+            r = await client.response()
+            assert (r.status, r.body) == (200, b"body")
+            assert loop.time() - started < 5.0  # not the 30 s timeout
+            assert decisions(registry, "inbound", limit.name, "allowed") == 1
+            assert decisions(registry, "inbound", limit.name, "fail_closed") == 0
+            assert (await client.request(b"/next", b"catalog")).status == 200
+            assert len(app.seen) == 2
+        finally:
+            for w in hung:
+                w.close()
+            redis.close()
+            await redis.wait_closed()
+
+    run(main())

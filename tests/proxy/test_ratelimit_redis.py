@@ -9,10 +9,12 @@ timeout, bounded by `RedisServer.timeout`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -191,3 +193,145 @@ def test_the_redis_client_is_loaded_only_for_global_limits() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=30)
     assert out.stdout.decode().strip() == "False"
+
+
+# --- regressions: nobody waits forever, keys stay small ------------------------------------------
+
+
+class HungRedis:
+    """Accepts connections, reads what comes, never answers; `heard` is set on the first byte."""
+
+    def __init__(self) -> None:
+        self.heard = asyncio.Event()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+            while await reader.read(65536):
+                self.heard.set()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        for w in self.writers:
+            w.close()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def hung() -> AsyncIterator[HungRedis]:
+    server = HungRedis()
+    yield server
+    await server.stop()
+
+
+async def settled(future: asyncio.Future[rl.Outcome], within: float = 1.0) -> rl.Outcome:
+    async with asyncio.timeout(within):
+        return await future
+
+
+async def test_a_rule_closed_before_its_fetch_ran_still_answers_its_waiter(hung: HungRedis) -> None:
+    """The fetch task is cancelled before its first step (its body never runs): the waiter is
+    answered anyway, and as allowed, since the rule no longer applies. The Redis timeout is
+    long, so only `close` can have answered."""
+    proxy = Proxy(await hung.start(), timeout=30.0)
+    try:
+        g = proxy.rule(rule(failure_mode="FailClosed"))
+        future: asyncio.Future[rl.Outcome] = asyncio.get_running_loop().create_future()
+        assert g.acquire(("k",), future.set_result) is None
+        g.close()  # same loop iteration: the task has not started
+        assert not future.done()  # answered from the loop, not from within close
+        assert await settled(future) == (rl.ALLOWED, 0.0, "")
+        assert g.acquire(("k",), future.set_result) == (rl.ALLOWED, 0.0, "")
+        assert g.tasks == set()
+    finally:
+        proxy.client.close()
+
+
+async def test_a_rule_closed_while_its_fetch_waits_on_redis_allows_its_waiters(
+    hung: HungRedis,
+) -> None:
+    proxy = Proxy(await hung.start(), timeout=30.0)
+    try:
+        g = proxy.rule(rule(failure_mode="FailClosed"))
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        for i, f in enumerate(futures):
+            assert g.acquire((f"k{i % 2}",), f.set_result) is None
+        async with asyncio.timeout(2.0):
+            await hung.heard.wait()  # the fetch is in flight: connected, script sent
+        g.close()
+        outcomes = [await settled(f) for f in futures]
+        assert outcomes == [(rl.ALLOWED, 0.0, "")] * 3
+        assert proxy.errors() == 0
+    finally:
+        proxy.client.close()
+
+
+async def test_a_waiter_gets_the_failure_mode_by_the_backstop_if_the_call_never_ends(
+    hung: HungRedis,
+) -> None:
+    """A call that outlives its own timeout (a bug) must not hold the request: past
+    2 * timeout + margin the waiter gets the failure mode, once."""
+    proxy = Proxy(await hung.start(), timeout=0.05)
+    never = asyncio.Event()
+
+    async def stuck(key: str, capacity: int, rate: float, wanted: int) -> tuple[int, int, int]:
+        await never.wait()  # the injected bug: take() ignores its timeout
+        return (0, 0, 0)
+
+    proxy.client.take = stuck  # type: ignore[method-assign]
+    try:
+        g = proxy.rule(rule(failure_mode="FailClosed"))
+        assert g.backstop == pytest.approx(2 * 0.05 + 1.0)
+        g.backstop = 0.2  # the margin shortened to keep the test fast
+        loop = asyncio.get_running_loop()
+        calls: list[rl.Outcome] = []
+        future: asyncio.Future[rl.Outcome] = loop.create_future()
+
+        def done(outcome: rl.Outcome) -> None:
+            calls.append(outcome)
+            future.set_result(outcome)
+
+        started = loop.time()
+        assert g.acquire(("k",), done) is None
+        kind, wait, why = await settled(future, within=2.0)
+        assert loop.time() - started >= 0.2
+        assert (kind, wait) == (rl.FAIL_CLOSED, 1.0)
+        assert "no answer from Redis" in why
+        assert proxy.errors() == 1
+        g.close()  # cancels the stuck fetch: the waiter, already answered, is not called again
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(calls) == 1
+    finally:
+        proxy.client.close()
+
+
+async def test_long_key_values_are_kept_and_named_in_redis_by_a_fixed_size_hash(
+    proxies: tuple[Proxy, Proxy], redis_server: RedisServer
+) -> None:
+    a, _ = proxies
+    g = a.rule(rule(name="default/big#0", requests=2, period=60.0))
+    huge = b"v" * 60_000
+    assert (await a.ask(g, (huge,)))[0] == rl.ALLOWED
+    assert (await a.ask(g, (b"short",)))[0] == rl.ALLOWED
+    keys = [k for k in redis_server.command("KEYS", "gtest:default/big*").split(b"\r\n")]
+    names = sorted(k for k in keys if k.startswith(b"gtest:"))
+    assert len(names) == 2
+    hashed = "#" + hashlib.blake2b(huge, digest_size=16).hexdigest()
+    assert names == sorted(
+        [b"gtest:default/big#0:short", b"gtest:default/big#0:" + quote(hashed).encode()]
+    )
+    # The same long value is the same bucket, here and in Redis; another one is another.
+    assert (await a.ask(g, (huge,)))[0] == rl.ALLOWED
+    assert (await a.ask(g, (huge,)))[0] == rl.LIMITED
+    assert (await a.ask(g, (b"w" * 60_000,)))[0] == rl.ALLOWED
+    assert all(len(p) <= rl.KEY_PART_MAX for key in g.budgets for p in key)
+    assert all(len(b.redis_key) < 100 for b in g.budgets.values())

@@ -712,6 +712,14 @@ class HTTPStaticResponse(Model):
                 )
         return v
 
+    @field_validator("body")
+    @classmethod
+    def _no_body_for_bodiless(cls, v: str, info: ValidationInfo) -> str:
+        status = info.data.get("status")
+        if v and status in (204, 304):
+            raise ValueError(f"a {status} response has no body; leave `body` out")
+        return v
+
 
 class HTTPRouteFallback(Model):
     """What a rule serves when a request fails for good (retries exhausted, circuit open): a

@@ -127,7 +127,7 @@ def compile(fault: snap.Fault, route: str, counter: Counter, where: str = "Fault
 
     Raises:
         ValueError: neither delay nor abort, a negative or non-finite delay, a percentage
-            outside 0-100, an abort status outside 200-599, or a bad header condition.
+            outside 0-100, an abort status outside 400-599, or a bad header condition.
     """
     if fault.delay is None and fault.abort is None:
         raise ValueError(f"{where}: a Fault needs a delay, an abort or both")
@@ -141,8 +141,9 @@ def compile(fault: snap.Fault, route: str, counter: Counter, where: str = "Fault
     abort_percent = 0.0
     if fault.abort is not None:
         abort_status = fault.abort.http_status
-        if not 200 <= abort_status <= 599:
-            raise ValueError(f"{where}: abort.httpStatus {abort_status} is not in 200-599")
+        if not 400 <= abort_status <= 599:
+            # An abort is an error answer: a 2xx would also need the body rules of 204/304.
+            raise ValueError(f"{where}: abort.httpStatus {abort_status} is not in 400-599")
         abort_percent = _percent(fault.abort.percentage, f"{where}: abort")
     conds: list[_HeaderCond] = []
     for h in fault.headers:

@@ -10,8 +10,10 @@ shared failure). When the mirror cluster is slow, copies beyond `max_in_flight` 
 
 Results in `gossamer_proxy_mirrored_requests_total{cluster,result}`: `sent` (the mirror answered,
 whatever the status), `failed` (no answer: connect failure, reset, timeout, overflow), `skipped`
-(not sent: a body over the retry buffer, too many copies in flight, or the original ended before
-its body was complete).
+(not sent: a body over the retry buffer, too many copies in flight, the original ended before
+its body was complete, or it never went ahead: refused by the primary cluster's request limit, or
+its client left during a fault delay). The copy goes only once the original holds its request
+slot; a fault-aborted request is not copied (and not counted).
 """
 
 from __future__ import annotations

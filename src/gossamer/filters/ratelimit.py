@@ -9,7 +9,8 @@ once per Snapshot. Per request the connection asks `limiter.check(...)`:
 - its key is the tuple of the rule's keys' values (`Route`: the matched route rule's name, "" on
   the inbound side; `SourceIdentity`: the peer's SPIFFE ID, "" without mTLS; `Header`: the
   header's first value, b"" when absent; `ClientAddress`: the client's IP), so each distinct
-  tuple has a bucket of its own;
+  tuple has a bucket of its own; a value longer than `KEY_PART_MAX` is kept as its hash
+  (`bound_key_part`), so a client cannot make a rule hold its 64 KB header values;
 - Local rules take a token from an in-process bucket (`TokenBuckets`: `requests + burst` tokens,
   refilled at `requests / period` per second on the loop's clock, at most `max_keys` buckets a
   rule, full ones evicted first, then the least recently used); Global rules ask a
@@ -27,6 +28,7 @@ This module does no I/O and imports nothing of the proxy, so it is cheap to load
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import OrderedDict
@@ -46,6 +48,9 @@ MAX_KEYS = 10_000
 
 _EVICT_SCAN = 16  # buckets looked at, oldest first, for a full one before the LRU goes
 
+KEY_PART_MAX = 64
+"""Longest key value kept as it is; a longer one is kept (and named in Redis) by its hash."""
+
 # Outcomes of one rule's check, as GlobalBuckets report them.
 ALLOWED = 0
 LIMITED = 1
@@ -57,6 +62,28 @@ Outcome = tuple[int, float, str]
 """(ALLOWED/LIMITED/FAIL_OPEN/FAIL_CLOSED, seconds until a token, why it failed or "")."""
 
 Key = tuple[str | bytes, ...]
+
+
+def bound_key_part(part: str | bytes) -> str | bytes:
+    """`part` itself when short, else "#" and the hex of its 16-byte BLAKE2b digest.
+
+    The memory a rule keeps per key (and the length of its Redis key name) is then bounded
+    whatever the request carries. Sending the hash of another client's value as a value of
+    one's own reaches the same bucket as sending that value itself would, so it gives a
+    client nothing new.
+    """
+    if len(part) <= KEY_PART_MAX:
+        return part
+    data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+    return "#" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def bound_key(key: Key) -> Key:
+    """`key` itself when every part is short, else a copy with the long parts hashed."""
+    for part in key:
+        if len(part) > KEY_PART_MAX:
+            return tuple(bound_key_part(p) for p in key)
+    return key
 
 
 class RateLimitCompileError(Exception):
@@ -71,10 +98,17 @@ class GlobalBuckets(Protocol):
     """One Global rule's shared buckets (proxy/ratelimit_redis.py implements it)."""
 
     def acquire(self, key: Key, done: Callable[[Outcome], None]) -> Outcome | None:
-        """Take one token for `key`: the outcome now, or None and `done(outcome)` later."""
+        """Take one token for `key`: the outcome now, or None and `done(outcome)` once, later.
+
+        A later answer comes within a bounded time, whatever Redis does (the rule's failure
+        mode when Redis did not answer).
+        """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The rule no longer applies: requests still waiting on it are allowed (soon, from
+        the event loop, not from within `close`), and later `acquire`s allow at once."""
+        ...
 
 
 GlobalFactory = Callable[[snap.RateLimitRule], GlobalBuckets]
@@ -131,7 +165,8 @@ class TokenBuckets:
     """Token buckets for the distinct keys of one rule, bounded in number.
 
     Each bucket is `[tokens, last refill time]`; tokens are a float so that slow rates refill
-    smoothly. A bucket never seen starts full.
+    smoothly. A bucket never seen starts full. Keys are stored bounded (`bound_key`): `Rule.key`
+    makes them so, and a key that is not is bounded here before it is kept.
     """
 
     __slots__ = ("buckets", "capacity", "max_keys", "rate")
@@ -149,6 +184,9 @@ class TokenBuckets:
         buckets = self.buckets
         bucket = buckets.get(key)
         if bucket is None:
+            bounded = bound_key(key)
+            if bounded is not key:
+                return self.take(bounded, now)
             if len(buckets) >= self.max_keys:
                 self._evict(now)
             buckets[key] = [self.capacity - 1.0, now]
@@ -166,7 +204,7 @@ class TokenBuckets:
 
     def remaining(self, key: Key, now: float) -> int:
         """Whole tokens left in `key`'s bucket (a bucket not kept is full)."""
-        bucket = self.buckets.get(key)
+        bucket = self.buckets.get(key) or self.buckets.get(bound_key(key))
         if bucket is None:
             return int(self.capacity)
         return int(min(self.capacity, bucket[0] + (now - bucket[1]) * self.rate))
@@ -403,21 +441,23 @@ class Rule:
     def applies(self, head: RequestHead, route: str | None) -> bool:
         if self.route_rules and (route is None or route not in self.route_rules):
             return False
-        if not self.matches:
+        matches = self.matches
+        if not matches:
             return True
-        return any(m.matches(head) for m in self.matches)
+        for m in matches:  # noqa: SIM110 - any(<genexpr>) allocates a generator per request
+            if m.matches(head):
+                return True
+        return False
 
     def key(self, head: RequestHead, route: str | None, peer: str | None, client_ip: bytes) -> Key:
+        keys = self.keys
+        if not keys:
+            return ()
+        if len(keys) == 1:
+            return (_key_part(keys[0], head, route, peer, client_ip),)
         out: list[str | bytes] = []
-        for kind, name in self.keys:
-            if kind == _ROUTE:
-                out.append(route or "")
-            elif kind == _SOURCE:
-                out.append(peer or "")
-            elif kind == _HEADER:
-                out.append(_first(head.headers, name) or b"")
-            else:
-                out.append(client_ip)
+        for k in keys:
+            out.append(_key_part(k, head, route, peer, client_ip))
         return tuple(out)
 
     def refusal(self, wait: float, message: str, outcome: int) -> Decision:
@@ -439,6 +479,24 @@ class Rule:
             f"{self.spec.period:g}s; retry in {max(1, math.ceil(wait))}s",
             limit_fields(self.name, self.policy, 0, wait),
         )
+
+
+def _key_part(
+    key: tuple[int, bytes], head: RequestHead, route: str | None, peer: str | None, ip: bytes
+) -> str | bytes:
+    kind, name = key
+    value: str | bytes
+    if kind == _ROUTE:
+        value = route or ""
+    elif kind == _SOURCE:
+        value = peer or ""
+    elif kind == _HEADER:
+        value = _first(head.headers, name) or b""
+    else:
+        value = ip
+    if len(value) > KEY_PART_MAX:
+        return bound_key_part(value)
+    return value
 
 
 class RateLimiter:
@@ -482,6 +540,7 @@ class RateLimiter:
     ) -> Decision | None:
         # `opened`: a Global rule that failed open earlier for this request (its note is kept).
         rules = self.rules
+        now: float | None = None  # read once, when the first local rule applies
         for i in range(start, len(rules)):
             rule = rules[i]
             if not rule.applies(head, route):
@@ -489,7 +548,9 @@ class RateLimiter:
             key = rule.key(head, route, peer, client_ip)
             local = rule.local
             if local is not None:
-                wait = local.take(key, self.clock())
+                if now is None:
+                    now = self.clock()
+                wait = local.take(key, now)
                 if wait:
                     return rule.refusal(wait, "", LIMITED)
                 rule.counters[ALLOWED].value += 1.0
@@ -532,7 +593,17 @@ def _settle(rule: Rule, outcome: Outcome) -> Decision:
 class _Waiting:
     """A request paused on a Global rule: resumes the remaining rules when Redis answers."""
 
-    __slots__ = ("client_ip", "done", "head", "index", "limiter", "opened", "peer", "route")
+    __slots__ = (
+        "client_ip",
+        "done",
+        "head",
+        "index",
+        "limiter",
+        "opened",
+        "peer",
+        "resumed",
+        "route",
+    )
 
     def __init__(
         self,
@@ -553,8 +624,13 @@ class _Waiting:
         self.peer = peer
         self.client_ip = client_ip
         self.done = done
+        self.resumed = False
 
     def resume(self, outcome: Outcome) -> None:
+        # GlobalBuckets answer once; this guard keeps `done` once even if one did not.
+        if self.resumed:
+            return
+        self.resumed = True
         limiter = self.limiter
         decision = _settle(limiter.rules[self.index], outcome)
         if decision.allowed:

@@ -17,13 +17,21 @@ Circuit breaking (proxy/breaker.py): besides connections and pending requests, a
 Taking endpoints out, each mechanism with its own `ejected` bit: fail-fast (proxy/failfast.py),
 an endpoint that cannot be reached, for a backoff; outlier detection (proxy/outlier.py), fed by
 `on_try_result`; active health checks (proxy/health.py). Panic rule (Envoy's panic threshold):
-when fewer than `panic_threshold` percent of the healthy endpoints are available, or none at all,
-a pick falls back to every healthy endpoint, so a blip that marked them all does not blackhole
-the cluster. Locality (loadbalance/locality.py): with the proxy's zone, endpoints in that zone are
-preferred while enough of them are available.
+when fewer than `panic_threshold` percent of the healthy endpoints are available, a pick falls
+back to every healthy endpoint. With no panic threshold (0, Istio's default) and nothing
+available, a pick still probes an endpoint that is out only for fail-fast's backoff, so a blip
+that marked them all does not blackhole the cluster; endpoints that outlier detection or health
+checks took out stay out: the circuit is open, the request fails at once (its route's fallback
+answers, if it has one) until an ejection ends. Locality (loadbalance/locality.py): with the
+proxy's zone, endpoints in that zone are preferred while enough of them are available.
 
 A cluster without outlier detection, health checks, zones or a panic threshold pays nothing for
-them per request: each is an attribute tested for None or 0.
+them per request: each is an attribute tested for None or 0. With outlier detection (the mesh
+default), a successful try costs `on_try_result` three tests and no call.
+
+`check(spec)` refuses (ValueError naming the field) every setting the runtime could not build or
+run with: balancer, endpoints, panic threshold, outlier detection, health checks. The data plane
+calls it for every cluster before building anything, so a bad Snapshot is NACKed whole.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import TYPE_CHECKING
 from gossamer import snapshot as snap
 from gossamer.proxy.breaker import resilience_metrics
 from gossamer.proxy.failfast import FailFast, ejections_counter
-from gossamer.proxy.health import HealthChecker
+from gossamer.proxy.health import HealthChecker, check_health_check
 from gossamer.proxy.loadbalance import (
     EndpointState,
     HashKeyExtractor,
@@ -45,8 +53,9 @@ from gossamer.proxy.loadbalance import (
     make_balancer,
     reconcile,
 )
+from gossamer.proxy.loadbalance.base import EJECT_UNREACHABLE
 from gossamer.proxy.loadbalance.locality import LocalityBalancer, splits
-from gossamer.proxy.outlier import OutlierDetector
+from gossamer.proxy.outlier import OutlierDetector, check_outlier_detection, check_percent
 from gossamer.proxy.retry import RetryBudget
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics
 from gossamer.proxy.upstream import EndpointPool, UpstreamConnection
@@ -181,6 +190,7 @@ class ClusterRuntime:
                     self.zone,
                     lambda: make_balancer(spec, self.rand, self.loop.time),
                     self.rand.random,
+                    self.loop.time,
                 )
             self.balancer = self._locality
         else:
@@ -194,9 +204,21 @@ class ClusterRuntime:
 
     @staticmethod
     def check(spec: snap.Cluster, loop: asyncio.AbstractEventLoop) -> None:
-        """Raise ValueError (naming the cluster) for a spec `update` could not apply."""
+        """Raise ValueError (naming the field; the data plane puts the cluster in front) for a
+        spec `update` could not apply.
+
+        Everything the build phase of `DataPlane.apply` would refuse or choke on is caught here,
+        so a bad Snapshot is NACKed before anything is swapped or started.
+        """
         make_balancer(spec, random.Random(0), loop.time)
         reconcile([], spec.endpoints, loop.time)
+        check_percent("load_balancer.panic_threshold", spec.load_balancer.panic_threshold)
+        od = spec.outlier_detection
+        if od is not None:
+            check_outlier_detection(od)
+        hc = spec.health_check
+        if hc is not None:
+            check_health_check(hc, spec.service)
 
     def update(self, spec: snap.Cluster) -> None:
         """Take a new Snapshot's version of this cluster, keeping persisting endpoints' state."""
@@ -259,8 +281,13 @@ class ClusterRuntime:
         """Outlier detection's input (proxy/outlier.py): a try's response status, or 503
         (connect failure), 502 (reset) or 504 (timeout) for one that got none."""
         outlier = self.outlier
-        if outlier is not None:
-            outlier.on_result(endpoint, status)
+        if outlier is None:
+            return
+        # Nearly every try: a success that ends no run of errors and feeds no success rate
+        # changes nothing in outlier detection, so it costs three tests and no call.
+        if status < 500 and not endpoint.od_5xx and not outlier.success_rate:
+            return
+        outlier.on_result(endpoint, status)
 
     def in_panic(self) -> bool:
         """Whether fewer than `panic_threshold` percent of the healthy endpoints are available
@@ -292,7 +319,7 @@ class ClusterRuntime:
         key = self.hash_key(head) if self.hash_key is not None else None
         state = self.balancer.pick(key)
         if state is None:
-            state = self._panic_pick(tried)
+            state = self._panic_pick(tried, probe_only=not self.panic_threshold)
             if state is None:
                 return None
         if tried:
@@ -307,9 +334,16 @@ class ClusterRuntime:
                     state = untried[int(self.rand.random() * len(untried))]
         return self.pools[state.address]
 
-    def _panic_pick(self, tried: list[EndpointPool] | None) -> EndpointState | None:
-        """Nothing is available: any healthy endpoint, preferring ones not tried yet."""
-        healthy = [e for e in self.endpoints if e.healthy and e.weight > 0]
+    def _panic_pick(
+        self, tried: list[EndpointPool] | None, probe_only: bool = False
+    ) -> EndpointState | None:
+        """Nothing is available: any healthy endpoint, preferring ones not tried yet; with
+        `probe_only`, only endpoints out for nothing but fail-fast's backoff."""
+        healthy = [
+            e
+            for e in self.endpoints
+            if e.healthy and e.weight > 0 and not (probe_only and e.ejected & ~EJECT_UNREACHABLE)
+        ]
         if tried and len(healthy) > 1:
             tried_states = [p.endpoint for p in tried]
             untried = [e for e in healthy if e not in tried_states]

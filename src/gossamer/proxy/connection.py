@@ -547,9 +547,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
     def abort_response(self, flag: str = flags.UPSTREAM_RESET) -> None:
         """Cut the connection: part of a response went out and the rest never will (`flag`
         says why, in the access log)."""
+        exchange = self.exchange
         if self.access is not None and not self.resp_done:
-            self.access.request(self, getattr(self.exchange, "status", 0), flag)
+            self.access.request(self, getattr(exchange, "status", 0), flag)
         self.exchange = None
+        if exchange is not None:
+            # Idempotent; without it an exchange cut here (a protocol error mid-response) would
+            # keep its cluster request slot and its upstream connection for good.
+            exchange.on_downstream_lost()
         self.out.clear()
         if self.transport is not None:
             self.transport.abort()

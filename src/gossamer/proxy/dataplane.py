@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -256,48 +257,72 @@ class DataPlane:
             except ratelimit.RateLimitCompileError as exc:
                 raise SnapshotError(exc.reason) from None
         # Everything is checked: build and swap. Runtimes of persisting clusters are updated in
-        # place, so their pools and endpoint state carry over.
+        # place, so their pools and endpoint state carry over. Should the build fail after all
+        # (a check missed something), the runtimes it started are closed (their health checks
+        # and timers would run on, unreachable) and updated ones get their old spec back, before
+        # anything else (TLS bundle, mode) has changed.
         old = self.tables
         tls = self.tls
+        clusters: dict[str, ClusterRuntime] = {}
+        built: list[ClusterRuntime] = []
+        updated: list[tuple[ClusterRuntime, snap.Cluster, str | None]] = []
+        building = "inbound listener"
+        retired_app = app = old.app
+        try:
+            for name, spec in specs.items():
+                building = f"cluster {name!r}"
+                runtime = old.clusters.get(name)
+                if runtime is None:
+                    runtime = ClusterRuntime(
+                        self.loop,
+                        spec,
+                        self.metrics,
+                        "outbound",
+                        self.settings.max_header_bytes,
+                        zone=snapshot.proxy.zone,
+                    )
+                    built.append(runtime)
+                else:
+                    updated.append((runtime, runtime.spec, runtime.zone))
+                    runtime.zone = snapshot.proxy.zone
+                    runtime.update(spec)
+                clusters[name] = runtime
+            building = "inbound listener"
+            if app_spec is None:
+                app = None
+            elif app is None or app.name != app_spec.name:
+                app = ClusterRuntime(
+                    self.loop, app_spec, self.metrics, "inbound", self.settings.max_header_bytes
+                )
+                built.append(app)
+            else:
+                retired_app = None
+                updated.append((app, app.spec, app.zone))
+                app.update(app_spec)
+        except Exception as exc:
+            if rate_limits is not None:
+                rate_limits.retire(old.rate_limits)  # only what the old tables do not share
+            for runtime in built:
+                runtime.close()
+            for runtime, spec, zone in updated:
+                runtime.zone = zone
+                with contextlib.suppress(Exception):
+                    runtime.update(spec)
+            raise SnapshotError(f"{building}: cannot be applied: {exc}") from exc
         if tls_update is not None:
             tls.install_bundle(tls_update)
         tls.mode = snapshot.tls.mode if snapshot.tls is not None else None
         if self.inbound.acceptor is not None:
             self.inbound.acceptor.set_mode(tls.mode)
-        clusters: dict[str, ClusterRuntime] = {}
-        for name, spec in specs.items():
-            runtime = old.clusters.get(name)
-            if runtime is None:
-                runtime = ClusterRuntime(
-                    self.loop,
-                    spec,
-                    self.metrics,
-                    "outbound",
-                    self.settings.max_header_bytes,
-                    zone=snapshot.proxy.zone,
-                )
-            else:
-                runtime.zone = snapshot.proxy.zone
-                runtime.update(spec)
+        for name, runtime in clusters.items():
+            spec = specs[name]
             runtime.count_for_budget = name in retried
             if spec.tls is None:
                 runtime.tls = None
             else:
                 runtime.tls = OutboundTls(tls, name, spec.tls.identities)
-            clusters[name] = runtime
-        app = old.app
-        if app_spec is None:
-            if app is not None:
-                app.close()
-            app = None
-        elif app is None or app.name != app_spec.name:
-            if app is not None:
-                app.close()
-            app = ClusterRuntime(
-                self.loop, app_spec, self.metrics, "inbound", self.settings.max_header_bytes
-            )
-        else:
-            app.update(app_spec)
+        if retired_app is not None and retired_app is not app:
+            retired_app.close()
         routes.bind(clusters)  # mirrors and backend fallbacks reach their cluster runtimes
         self.tables = Tables(snapshot, routes, clusters, plans, app, authorizer, rate_limits)
         if old.rate_limits is not None:

@@ -31,9 +31,14 @@ retry, the failure stands) and `end_retry()` when that retry's try ends; `on_try
 status)` once per try that reached or tried to reach an endpoint (`_report`): the response status,
 or 503 connect failure, 502 reset, 504 timeout.
 
+The request slot is taken and given back by updating `cluster.active_requests` inline (the same
+test and count as those methods; a refusal goes through `start_request()`, which counts it).
+
 Route resilience: a rule's fallback (proxy/fallback.py) replaces a local failure or a final 5xx;
 a Fault delay starts the exchange late (`start_after`); a mirrored request's copy is sent once the
-body is complete (`mirror`), with a `MirrorSink` (filters/mirror.py) as its downstream.
+body is complete and the request went ahead (holds its slot, was not aborted), with a
+`MirrorSink` (filters/mirror.py) as its downstream. A rule with a fallback cache gives its
+GET/HEAD exchanges a `Capture` (proxy/response_cache.py); others carry a single None.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from gossamer.proxy.cluster import ClusterRuntime, Overflow
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.failfast import UNSERVING_FLAGS
 from gossamer.proxy.fallback import CAUSES, UPSTREAM_5XX, FallbackPlan
-from gossamer.proxy.response_cache import CachedResponse, CacheKey
+from gossamer.proxy.response_cache import CachedResponse, Capture
 from gossamer.proxy.retry import CONNECT_FAILURE, RESET, TIMEOUT, RetryOn, backoff
 from gossamer.proxy.upstream import HEADERS_TOO_LARGE
 
@@ -79,7 +84,7 @@ HOLD_LIMIT = 65536
 """The largest response body held back while a reset could still be retried."""
 # Statuses each try outcome reports to the cluster (outlier detection) when no response came.
 _TRY_STATUS = {CONNECT_FAILURE: 503, RESET: 502, TIMEOUT: 504, HEADERS_TOO_LARGE: 502}
-_CACHEABLE = (b"GET", b"HEAD")
+_NO_BODY_STATUSES = frozenset((204, 304))
 # Fields a kept response does not carry over: framing and hop-by-hop (the serializer adds them
 # back) and the upstream's own flags (a fallback response carries its own).
 _NOT_KEPT = frozenset((b"connection", b"transfer-encoding", b"keep-alive", _FLAGS_HEADER))
@@ -154,11 +159,7 @@ class Exchange:
         "body_size",
         "budget_exhausted",
         "buffer_limit",
-        "cache_key",
         "capture",
-        "capture_head",
-        "capture_length",
-        "capture_room",
         "cluster",
         "deadline",
         "deadlines",
@@ -263,13 +264,8 @@ class Exchange:
         self.fallback_cause: str | None = None
         # A mirror copy still to send (set by the connection when the rule's sample chose it).
         self.mirror: MirrorBinding | None = None
-        # For a rule with a fallback cache: the key of this GET/HEAD, and the 2xx response being
-        # kept (head, body chunks, declared length) until it is complete.
-        self.cache_key: CacheKey | None = None
-        self.capture: list[bytes] | None = None
-        self.capture_head: ResponseHead | None = None
-        self.capture_length = 0
-        self.capture_room = 0
+        # For a rule with a fallback cache, the response being kept (response_cache.Capture).
+        self.capture: Capture | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -286,23 +282,30 @@ class Exchange:
         ):
             return
         cluster = self.cluster
-        if cluster.start_request():
-            self.request_open = True
-            if cluster.count_for_budget:
-                cluster.budget.record_request()
-            plan = self.plan
-            if plan is not None and plan.request_timeout is not None:
-                self.request_deadline = (
-                    self.started if now is None else now
-                ) + plan.request_timeout
-            if route is not None and route.fallback is not None:
-                self._prepare_fallback(route.fallback)
-            self.head_bytes = serialize_request_head(self.head, self.body_length)
-            self._try()
+        # cluster.start_request(), inlined while the limit has room (the same test and count);
+        # a refusal goes through the method, which counts the overflow.
+        admitted = cluster.active_requests < cluster.max_requests
+        if admitted:
+            cluster.active_requests += 1
         else:
+            admitted = cluster.start_request()
+        if not admitted:
+            if self.mirror is not None:
+                self._skip_mirror()  # a refused request is not copied
             self._local(flags.OVERFLOW, f"cluster {cluster.name} has too many requests in flight")
+            return
+        self.request_open = True
+        if cluster.count_for_budget:
+            cluster.budget.record_request()
+        plan = self.plan
+        if plan is not None and plan.request_timeout is not None:
+            self.request_deadline = (self.started if now is None else now) + plan.request_timeout
+        if route is not None and route.fallback is not None:
+            self._prepare_fallback(route.fallback)
+        self.head_bytes = serialize_request_head(self.head, self.body_length)
+        self._try()
         if self.mirror is not None and self.request_done:
-            self._send_mirror()
+            self._send_mirror()  # the request went ahead (its slot taken) and is whole
 
     def _route_filters(self, route: RouteMatch) -> bool:
         """The rule's RequestMirror sample and Fault; True when the fault took the request
@@ -345,14 +348,19 @@ class Exchange:
         """The exchange is over: give back its breaker slots (exactly once)."""
         if self.request_open:
             self.request_open = False
-            self.cluster.end_request()
+            cluster = self.cluster
+            if cluster.active_requests > 0:  # cluster.end_request(), inlined
+                cluster.active_requests -= 1
         if self.retry_slot:
             self.retry_slot = False
             self.cluster.end_retry()
+        if self.mirror is not None and not self.request_done:
+            self._skip_mirror()  # the body will not be read to its end: nothing whole to copy
+
+    def _skip_mirror(self) -> None:
         mirror = self.mirror
-        if mirror is not None and not self.request_done:
-            # The body will not be read to its end: there is nothing whole to copy.
-            self.mirror = None
+        self.mirror = None
+        if mirror is not None:
             mirror.mirror.skipped.value += 1.0
 
     def _report(self, status: int) -> None:
@@ -474,7 +482,8 @@ class Exchange:
                 assert conn.transport is not None
                 conn.transport.write(LAST_CHUNK)
             conn.request_complete = True
-        if self.mirror is not None:
+        if self.mirror is not None and self.request_open:
+            # Not while a fault delay holds the request: it may still be aborted.
             self._send_mirror()
 
     def on_downstream_lost(self) -> None:
@@ -485,6 +494,8 @@ class Exchange:
         self._cancel_timers()
         self._abandon_try()
         self._finish()
+        if self.mirror is not None:
+            self._skip_mirror()  # left during a fault delay: the request never went ahead
 
     def on_downstream_pause_writing(self) -> None:
         conn = self.upstream
@@ -580,15 +591,17 @@ class Exchange:
             head.headers.append(_BUDGET_HEADER)
         if self.fallback_cause is not None:
             head.headers.append((_FLAGS_HEADER, b"fallback," + self.fallback_cause.encode()))
-        if self.cache_key is not None:
-            self._start_capture(head, body_length)
+        capture = self.capture
+        if capture is not None and not capture.begin(head, body_length):
+            self.capture = None
         self.down.send_response_head(head, body_length)
 
     def on_response_body(self, data: bytes) -> None:
         if self.held_head is None:
             self.down.send_response_body(data)
-            if self.capture is not None:
-                self._capture(data)
+            capture = self.capture
+            if capture is not None and not capture.add(data):
+                self.capture = None
             return
         held = self.held_body
         if held is None:
@@ -621,9 +634,12 @@ class Exchange:
                     self.down.send_response_body(data)
             else:
                 self.down.send_response_body(body)
-            if self.capture is not None:
+            capture = self.capture
+            if capture is not None:
                 for data in body if isinstance(body, list) else (body,):
-                    self._capture(data)
+                    if not capture.add(data):
+                        self.capture = None
+                        break
 
     def _drop_held(self) -> None:
         self.held_head = None
@@ -636,11 +652,15 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         self.finished = True
-        if self.capture is not None:
-            self._keep_capture()
+        capture = self.capture
+        if capture is not None:
+            self.capture = None
+            capture.keep(self.head, _NOT_KEPT)
         if self.request_open:  # _finish, inlined for the usual case
             self.request_open = False
-            self.cluster.end_request()
+            cluster = self.cluster
+            if cluster.active_requests > 0:  # cluster.end_request(), inlined
+                cluster.active_requests -= 1
         if self.retry_slot or self.mirror is not None:
             self._finish()
         if self.attempt_started:
@@ -824,17 +844,17 @@ class Exchange:
     # --- fallbacks (proxy/fallback.py) ------------------------------------------------------------
 
     def _prepare_fallback(self, fallback: FallbackPlan) -> None:
-        """At start: a GET/HEAD on a rule that keeps responses gets its cache key."""
-        head = self.head
-        if fallback.cache is not None and self.fallback_cause is None and head.method in _CACHEABLE:
-            self.cache_key = (head.method, head.host, head.path, head.query)
+        """At start: a request whose response a rule's cache may keep gets a `Capture`
+        (response_cache.py says which requests and responses are shared)."""
+        cache = fallback.cache
+        if cache is not None and self.fallback_cause is None:
+            self.capture = cache.capture(self.head)
 
     def _cached(self, fallback: FallbackPlan) -> CachedResponse | None:
         cache = fallback.cache
-        head = self.head
-        if cache is None or head.method not in _CACHEABLE:
+        if cache is None:
             return None
-        return cache.get((head.method, head.host, head.path, head.query), fallback.max_stale)
+        return cache.lookup(self.head, fallback.max_stale)
 
     def _fallback_applies(self, fallback: FallbackPlan) -> bool:
         return (
@@ -871,11 +891,13 @@ class Exchange:
             other.body = self.body
             other.body_size = self.body_size
             other.request_done = self.request_done
+            # The access log and stats measure from the request's arrival; the fallback's own
+            # request timeout runs from now (the original's may have passed already).
             other.started = self.started
             other.fallback_cause = cause
             other.flag = f"{flags.FALLBACK},{cause}"
             self.down.exchange = other
-            other.start()
+            other.start(self.loop.time())
             return
         static = fallback.static
         assert static is not None  # _fallback_applies said one of the three applies
@@ -897,7 +919,13 @@ class Exchange:
         headers = list(fields)
         headers.append((_FLAGS_HEADER, flag.encode()))
         length = len(body)
-        if self.head.method == b"HEAD":
+        if status in _NO_BODY_STATUSES:
+            # No body and no Content-Length, to a GET or a HEAD (the serializer writes none for
+            # these statuses at length 0; a kept HEAD answer's own field goes too).
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            length = 0
+            body = b""
+        elif self.head.method == b"HEAD":
             if not head_only:
                 headers.append((b"content-length", b"%d" % length))
             length = BODY_HEAD
@@ -912,54 +940,6 @@ class Exchange:
         self.cluster.stats.count(status, self.loop.time() - self.started)
         down.send_response_end()
         down.uncork()
-
-    def _start_capture(self, head: ResponseHead, body_length: int) -> None:
-        """A response head is going out: keep a 2xx (its chunks are references, no copies)."""
-        route = self.route
-        fallback = route.fallback if route is not None else None
-        cache = fallback.cache if fallback is not None else None
-        if cache is None or not 200 <= head.status < 300 or body_length > cache.max_body_bytes:
-            self.cache_key = None
-            return
-        self.capture = []
-        self.capture_head = head
-        self.capture_length = body_length
-        self.capture_room = cache.max_body_bytes
-
-    def _capture(self, data: bytes) -> None:
-        capture = self.capture
-        assert capture is not None
-        self.capture_room -= len(data)
-        if self.capture_room < 0:
-            self.capture = None  # a chunked body over the limit: not kept
-        else:
-            capture.append(data)
-
-    def _keep_capture(self) -> None:
-        """The response ended whole: keep it for the rule's fallback."""
-        capture = self.capture
-        head = self.capture_head
-        key = self.cache_key
-        self.capture = None
-        self.capture_head = None
-        route = self.route
-        if (
-            capture is None
-            or head is None
-            or key is None
-            or route is None
-            or route.fallback is None
-            or route.fallback.cache is None
-        ):
-            return
-        head_only = self.capture_length == BODY_HEAD
-        body = capture[0] if len(capture) == 1 else b"".join(capture)
-        fields = [
-            (k, v)
-            for k, v in head.headers
-            if k not in _NOT_KEPT and (head_only or k != b"content-length")
-        ]
-        route.fallback.cache.put(key, head.status, fields, body, head_only)
 
     # --- mirroring (filters/mirror.py) ------------------------------------------------------------
 

@@ -5,11 +5,12 @@ when it is about to answer a failure locally with one of `CAUSES`, and when the 
 (no retry left) from upstream is a 5xx, at its head, before anything went downstream (cause
 `upstream-5xx`). Then, in this order, the first that applies wins:
 
-1. cached: the last good 2xx response to the same GET/HEAD (proxy/response_cache.py), when it is
-   at most `max_stale` seconds old;
-2. backend: one try on another cluster (a new exchange, no retries, no fallback of its own; if
-   that try cannot get a response the static response is served when there is one);
-3. response: a static response.
+1. cached: the last shareable 200/203/204 response to the same GET/HEAD (proxy/response_cache.py
+   says what is shared), when it is at most `max_stale` seconds old;
+2. backend: one try on another cluster (a new exchange, no retries, no fallback of its own, its
+   request timeout counted from when it starts; if that try cannot get a response the static
+   response is served when there is one);
+3. response: a static response (a 204 or 304 goes without a body or a Content-Length).
 
 None applies: the failure goes out as it would have. Every fallback response carries
 `x-gossamer-flags: fallback,<cause>`, is logged with that flag and counted in
@@ -166,7 +167,9 @@ class FallbackPlan:
 
 
 def compile_static(response: snap.StaticResponse, where: str) -> StaticFallback:
-    """Raises ValueError for a status outside 200-599 or a bad header."""
+    """Raises ValueError for a status outside 200-599 or a bad header. The body of a 204 or 304
+    (statuses that never have one) is dropped, not refused: the config layer accepts it, and a
+    refused Snapshot would hold back the whole update for one cosmetic field."""
     if not 200 <= response.status <= 599:
         raise ValueError(f"{where}: status {response.status} is not in 200-599")
     headers = []
@@ -175,7 +178,8 @@ def compile_static(response: snap.StaticResponse, where: str) -> StaticFallback:
         if name in (b"content-length", b"transfer-encoding", b"connection"):
             raise ValueError(f"{where}: header {h.name!r} is set by the proxy, not configurable")
         headers.append((name, header_filter.encode_value(h.value, f"{where}, header {h.name!r}")))
-    return StaticFallback(response.status, tuple(headers), response.body.encode("utf-8"))
+    body = b"" if response.status in (204, 304) else response.body.encode("utf-8")
+    return StaticFallback(response.status, tuple(headers), body)
 
 
 def check(spec: snap.Fallback, where: str) -> None:

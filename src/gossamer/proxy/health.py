@@ -10,7 +10,10 @@ refused identity) fails. An endpoint is marked down after `unhealthy_threshold` 
 after `healthy_threshold` passes in a row. Endpoints start up.
 
 A probe uses its own short connection (`Connection: close`), outside the cluster's connection
-limits and pools, as Envoy's health checker does. Probes run only while the cluster has a
+limits and pools, as Envoy's health checker does. Its bytes are built once per configuration by
+`probe_request`: the path percent-encoded as the router sends a configured path, and anything that
+could end the request line or a header (CR, LF) refused, by `check_health_check` before the data
+plane builds anything (a NACK) and again by `configure`. Probes run only while the cluster has a
 health check: the checker is started when the Snapshot gives one and stopped when an update
 removes it or the cluster closes.
 """
@@ -25,7 +28,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gossamer import snapshot as snap
+from gossamer.http import syntax
 from gossamer.proxy.loadbalance.base import EJECT_HEALTH_CHECK, EndpointState
+from gossamer.proxy.outlier import check_seconds
 from gossamer.proxy.upstream import TlsConnectError
 from gossamer.telemetry.metrics import CounterChild
 
@@ -36,6 +41,43 @@ log = logging.getLogger("gossamer.proxy.health")
 
 JITTER = 0.1
 MAX_STATUS_LINE = 4096  # bytes read for the status line before the probe gives up
+
+
+def probe_request(path: str, service: str) -> bytes:
+    """The bytes of a probe: `GET <path>` with the service as Host, on a connection of its own.
+
+    The path goes out as the router would send a configured one (non-ASCII and spaces
+    percent-encoded), so nothing in it can end the request line or add a header.
+
+    Raises:
+        ValueError: the path does not start with "/" or holds "?", "#" or control characters
+            (CR, LF among them); the service holds CR, LF or NUL or is not latin-1.
+    """
+    try:
+        target = syntax.encode_path(path)
+    except ValueError as exc:
+        raise ValueError(f"health_check.path: {exc}") from None
+    try:
+        host = syntax.encode_header_value(service)
+    except ValueError as exc:
+        raise ValueError(f"service (the health checks' Host): {exc}") from None
+    return (
+        b"GET " + target + b" HTTP/1.1\r\nhost: " + host + b"\r\n"
+        b"user-agent: gossamer-health-check\r\nconnection: close\r\n\r\n"
+    )
+
+
+def check_health_check(config: snap.HealthCheck, service: str) -> None:
+    """Raise ValueError naming the field for settings the checker cannot run with."""
+    probe_request(config.path, service)
+    check_seconds("health_check.interval", config.interval)
+    check_seconds("health_check.timeout", config.timeout)
+    for field, value in (
+        ("healthy_threshold", config.healthy_threshold),
+        ("unhealthy_threshold", config.unhealthy_threshold),
+    ):
+        if value < 1:
+            raise ValueError(f"health_check.{field} must be 1 or more, not {value}")
 
 
 class ProbeFailed(Exception):
@@ -127,16 +169,18 @@ class HealthChecker:
         self.configure(config)
 
     def configure(self, config: snap.HealthCheck) -> None:
-        """Take (new) settings; probes already scheduled keep their time."""
-        self.path = config.path if config.path.startswith("/") else "/" + config.path
-        self.interval = config.interval if config.interval > 0 else 5.0
-        self.timeout = config.timeout if config.timeout > 0 else 1.0
-        self.healthy_threshold = max(1, config.healthy_threshold)
-        self.unhealthy_threshold = max(1, config.unhealthy_threshold)
-        self.request = (
-            f"GET {self.path} HTTP/1.1\r\nhost: {self.service}\r\n"
-            "user-agent: gossamer-health-check\r\nconnection: close\r\n\r\n"
-        ).encode("latin-1")
+        """Take (new) settings; probes already scheduled keep their time.
+
+        Raises:
+            ValueError: settings `check_health_check` refuses (nothing is changed).
+        """
+        check_health_check(config, self.service)
+        self.request = probe_request(config.path, self.service)
+        self.path = config.path
+        self.interval = config.interval
+        self.timeout = config.timeout
+        self.healthy_threshold = config.healthy_threshold
+        self.unhealthy_threshold = config.unhealthy_threshold
 
     def set_endpoints(self, endpoints: Sequence[EndpointState]) -> None:
         """Probe these endpoints from now on; removed ones stop (and lose their mark)."""

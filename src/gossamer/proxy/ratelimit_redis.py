@@ -1,9 +1,11 @@
 """Global rate limits: token buckets kept in Redis, spent through a local budget per key.
 
 Every proxy enforcing a Global rule shares one bucket per key in Redis (`<keyPrefix>:<rule>:<key>`,
-a hash holding the tokens and the server time of the last refill; it expires once it would be
-full again). One Lua script (`_SCRIPT`, run by EVALSHA, atomic in Redis) refills the bucket on
-Redis's own clock and hands out up to `wanted` tokens at once.
+the key's values percent-encoded and joined by "|", a value longer than 64 bytes as "#" and its
+hash: filters/ratelimit.py `bound_key_part`), a hash holding the tokens and the server time of
+the last refill; it expires once it would be full again. One Lua script (`_SCRIPT`, run by
+EVALSHA, atomic in Redis) refills the bucket on Redis's own clock and hands out up to `wanted`
+tokens at once.
 
 The local budget: a proxy does not ask Redis for each request. It reserves a batch (a tenth of
 the rule's `requests`, at least 1, and fewer when Redis reports few left) and spends it locally;
@@ -19,7 +21,13 @@ Failures: a call (connect included) that takes longer than `RedisServer.timeout`
 connection, a closed connection or an error reply fails the waiting requests with the rule's
 failure mode (FailOpen lets them through, FailClosed answers 429) and marks Redis down for a
 jittered backoff (100 ms doubling to 2 s): meanwhile requests without budget are decided by the
-failure mode at once, without waiting; the first request after the backoff tries again.
+failure mode at once, without waiting; the first request after the backoff tries again. As a
+backstop, a request is never kept waiting longer than `2 * timeout + BACKSTOP_MARGIN` (a fetch
+can be one call behind, then one call of its own): past it, it gets the failure mode whatever
+happened to the call.
+
+A rule that a new Snapshot removes or changes (`close`) no longer applies: the requests waiting
+on it are allowed, from the event loop soon after, and so are later `acquire`s on it.
 
 The Redis protocol (RESP2) is spoken here directly over one pipelined asyncio connection: replies
 come in request order, so each call is a future in a FIFO.
@@ -28,6 +36,7 @@ come in request order, so each call is a future in a FIFO.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections import OrderedDict, deque
@@ -45,6 +54,8 @@ from gossamer.filters.ratelimit import (
     Key,
     Outcome,
     RateLimitMetrics,
+    bound_key,
+    bound_key_part,
 )
 from gossamer.telemetry.ratelimit import RateLimit
 
@@ -55,6 +66,7 @@ BACKOFF_MAX = 2.0
 MIN_HOLD = 0.05  # a reservation lives at least this long (seconds)
 MAX_PENDING = 10_000  # calls in flight on the connection; past it the call fails at once
 ERROR_LOG_INTERVAL = 5.0
+BACKSTOP_MARGIN = 1.0  # seconds past two Redis timeouts before a waiting request is decided
 
 _EVICT_SCAN = 16
 
@@ -334,6 +346,16 @@ def _ignore(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
+class _Waiter:
+    """A request waiting for a key's next batch, with its backstop timer."""
+
+    __slots__ = ("done", "timer")
+
+    def __init__(self, done: Callable[[Outcome], None], timer: asyncio.TimerHandle) -> None:
+        self.done = done
+        self.timer = timer
+
+
 class _Budget:
     """One key's reserved tokens and the requests waiting for the next batch."""
 
@@ -345,8 +367,8 @@ class _Budget:
         self.tokens = 0
         self.expires = 0.0
         self.empty_until = 0.0
-        self.fetching = False
-        self.waiters: list[Callable[[Outcome], None]] = []
+        self.fetching: asyncio.Task[None] | None = None  # the fetch in flight
+        self.waiters: list[_Waiter] = []
 
 
 _ALLOWED: Outcome = (ALLOWED, 0.0, "")
@@ -359,7 +381,9 @@ class GlobalRule:
         self, client: RedisClient, spec: snap.RateLimitRule, max_keys: int = MAX_KEYS
     ) -> None:
         self.client = client
+        self.loop = client.loop
         self.clock = client.loop.time
+        self.backstop = 2 * client.server.timeout + BACKSTOP_MARGIN
         self.spec = spec
         self.capacity = spec.requests + spec.burst
         self.rate = spec.requests / spec.period
@@ -373,13 +397,21 @@ class GlobalRule:
         self.closed = False
 
     def redis_key(self, key: Key) -> str:
-        parts = [quote(p if isinstance(p, str) else p.decode("latin-1"), safe="") for p in key]
+        parts = []
+        for part in key:
+            part = bound_key_part(part)
+            parts.append(quote(part if isinstance(part, str) else part.decode("latin-1"), safe=""))
         return self.prefix + "|".join(parts)
 
     def acquire(self, key: Key, done: Callable[[Outcome], None]) -> Outcome | None:
+        if self.closed:
+            return _ALLOWED  # a request that was past an earlier rule when this one went
         now = self.clock()
         budgets = self.budgets
         budget = budgets.get(key)
+        if budget is None:
+            key = bound_key(key)  # as filters/ratelimit.py makes it; kept bounded regardless
+            budget = budgets.get(key)
         if budget is None:
             if len(budgets) >= self.max_keys:
                 self._evict()
@@ -392,7 +424,7 @@ class GlobalRule:
                 budget.tokens -= 1
                 if (
                     budget.tokens <= budget.batch // 2
-                    and not budget.fetching
+                    and budget.fetching is None
                     and now >= budget.empty_until
                     and client.available(now)
                 ):
@@ -403,25 +435,60 @@ class GlobalRule:
             return (LIMITED, budget.empty_until - now, "")
         if not client.available(now):
             return (self.failure, max(1.0, client.retry_in(now)), client.last_error)
-        budget.waiters.append(done)
-        if not budget.fetching:
+        timer = self.loop.call_later(self.backstop, self._overdue, budget, done)
+        budget.waiters.append(_Waiter(done, timer))
+        if budget.fetching is None:
             self._fetch(budget)
         return None
+
+    def _overdue(self, budget: _Budget, done: Callable[[Outcome], None]) -> None:
+        # Only a call that outlived its own timeout (a bug) gets here: decide, don't hang.
+        for i, waiter in enumerate(budget.waiters):
+            if waiter.done is done:
+                del budget.waiters[i]
+                break
+        else:
+            return
+        self.client.metrics.redis_errors.labels("timeout").inc()
+        why = (
+            f"no answer from Redis at {self.client.server.address} within {self.backstop:g}s "
+            "for a waiting request"
+        )
+        log.warning("rate limit %r: %s", self.spec.name, why)
+        _notify(done, (self.failure, 1.0, why))
 
     def _evict(self) -> None:
         for i, (key, budget) in enumerate(self.budgets.items()):
             if i >= _EVICT_SCAN:
                 break
-            if not budget.fetching:
+            if budget.fetching is None and not budget.waiters:
                 del self.budgets[key]
                 return
         # Every bucket looked at is waiting on Redis: let the table grow a little.
 
     def _fetch(self, budget: _Budget) -> None:
-        budget.fetching = True
-        task = self.client.loop.create_task(self._run_fetch(budget))
+        task = self.loop.create_task(self._run_fetch(budget))
+        budget.fetching = task
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(functools.partial(self._fetch_ended, budget))
+
+    def _fetch_ended(self, budget: _Budget, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if budget.fetching is not task:
+            return  # the fetch handed over to a newer one (or was settled)
+        # A task cancelled before its first step never ran its body: whoever still waits on
+        # it is answered here.
+        budget.fetching = None
+        waiters, budget.waiters = budget.waiters, []
+        if not waiters:
+            return
+        if self.closed:
+            outcome = _ALLOWED
+        else:
+            why = f"the call to Redis at {self.client.server.address} ended without an answer"
+            outcome = (self.failure, 1.0, why)
+        for waiter in waiters:
+            _resolve(waiter, outcome)
 
     async def _run_fetch(self, budget: _Budget) -> None:
         wanted = budget.batch + len(budget.waiters)
@@ -430,16 +497,19 @@ class GlobalRule:
                 budget.redis_key, self.capacity, self.rate, wanted
             )
         except (RedisUnavailable, asyncio.CancelledError) as exc:
-            budget.fetching = False
+            budget.fetching = None
             waiters, budget.waiters = budget.waiters, []
-            now = self.clock()
-            why = str(exc) if isinstance(exc, RedisUnavailable) else "the rule was removed"
-            failed: Outcome = (self.failure, max(1.0, self.client.retry_in(now)), why)
+            failed: Outcome
+            if isinstance(exc, RedisUnavailable):
+                now = self.clock()
+                failed = (self.failure, max(1.0, self.client.retry_in(now)), str(exc))
+            else:
+                failed = _ALLOWED  # cancelled by `close`: the rule no longer applies
             for waiter in waiters:
-                _notify(waiter, failed)
+                _resolve(waiter, failed)
             return
         now = self.clock()
-        budget.fetching = False
+        budget.fetching = None
         budget.tokens += granted
         budget.expires = now + self.hold
         # Few tokens left in Redis: take smaller batches so other proxies still get some.
@@ -448,27 +518,59 @@ class GlobalRule:
             budget.empty_until = now + wait_ms / 1000.0
         waiters = budget.waiters
         served = 0
+        budget.waiters = []
+        # The list is taken first: a request resumed here may come back for another token.
         while served < len(waiters) and budget.tokens > 0:
             budget.tokens -= 1
-            _notify(waiters[served], _ALLOWED)
+            _resolve(waiters[served], _ALLOWED)
             served += 1
         rest = waiters[served:]
-        budget.waiters = []
         if not rest:
             return
         if now < budget.empty_until:
             outcome: Outcome = (LIMITED, budget.empty_until - now, "")
             for waiter in rest:
-                _notify(waiter, outcome)
+                _resolve(waiter, outcome)
+        elif self.closed:
+            for waiter in rest:
+                _resolve(waiter, _ALLOWED)
         else:
             # Redis had more than was asked for (requests came in meanwhile): ask again.
-            budget.waiters = rest
-            self._fetch(budget)
+            budget.waiters = rest + budget.waiters
+            if budget.fetching is None:
+                self._fetch(budget)
 
     def close(self) -> None:
+        """The rule no longer applies (see the module docstring)."""
+        if self.closed:
+            return
         self.closed = True
+        waiters: list[_Waiter] = []
+        for budget in self.budgets.values():
+            waiters.extend(budget.waiters)
+            budget.waiters = []
+        self.budgets.clear()
         for task in list(self.tasks):
             task.cancel()
+        for waiter in waiters:
+            waiter.timer.cancel()
+        if not waiters:
+            return
+        # Not from within close: it runs in the middle of a Snapshot swap.
+        if self.loop.is_closed():
+            _notify_all(waiters, _ALLOWED)
+        else:
+            self.loop.call_soon(_notify_all, waiters, _ALLOWED)
+
+
+def _notify_all(waiters: list[_Waiter], outcome: Outcome) -> None:
+    for waiter in waiters:
+        _notify(waiter.done, outcome)
+
+
+def _resolve(waiter: _Waiter, outcome: Outcome) -> None:
+    waiter.timer.cancel()
+    _notify(waiter.done, outcome)
 
 
 def _notify(waiter: Callable[[Outcome], None], outcome: Outcome) -> None:

@@ -311,8 +311,9 @@ class RouteTable:
         self._wildcards: list[tuple[bytes, int | None, _VirtualHost]] = []
         self._default: _VirtualHost | None = None
         self.virtual_hosts: dict[str, snap.VirtualHost] = {}
-        # Rules' fallback caches by rule name: handed to the next table, so a Snapshot update
-        # (endpoints come and go exactly when backends fail) keeps the responses kept so far.
+        # Rules' fallback caches by "host|rule|backend clusters": handed to the next table, so a
+        # Snapshot update (endpoints come and go exactly when backends fail) keeps the responses
+        # kept so far.
         self.caches: dict[str, ResponseCache] = {}
         self.fallbacks: list[FallbackPlan] = []
         self.mirrors: list[MirrorBinding] = []
@@ -337,8 +338,8 @@ class RouteTable:
             counters: the metric families faults, mirrors and fallbacks count in (the data
                 plane's, `fallback.resilience_counters`); None: private ones.
             clock: the clock of fallback caches (the event loop's); None: `time.monotonic`.
-            previous: the table this one replaces: fallback caches of rules with the same name
-                and sizes carry over.
+            previous: the table this one replaces: fallback caches of rules with the same name,
+                backend clusters and sizes carry over.
 
         Raises:
             RouteCompileError: a bad regex, path, method, header name, filter, weight or port, or
@@ -667,8 +668,9 @@ def _compile_rule_extras(
             raise RouteCompileError(str(e)) from None
     plan = None
     if rule.fallback is not None:
-        # Rule names repeat across virtual hosts ("default"): the cache is the (host, rule)'s.
-        name = f"{vh.name}|{rule.name}"
+        # Rule names repeat across virtual hosts ("default"): the cache is the (host, rule)'s,
+        # and its backends': a rule sent elsewhere must not serve the old backends' answers.
+        name = f"{vh.name}|{rule.name}|{','.join(sorted({b.cluster for b in rule.backends}))}"
         plan = _compile_fallback(rule, rule.fallback, clusters, ctx, name, f"{where}, fallback")
     return fault, mirror, plan
 

@@ -10,15 +10,23 @@ Each side has its own balancer of the cluster's policy (round robin, least reque
 ring hash), so every policy works unchanged within a zone. The cluster uses this wrapper only
 when the caller has a zone and its endpoints are split between that zone and others; otherwise
 it keeps the plain balancer and pays nothing.
+
+The local share is not recounted on every pick: it is cached for `SHARE_TTL` seconds of the loop
+clock (and recounted at once after `update`). Ejections flip endpoint bits from several places
+(fail-fast, outlier detection, health checks, tests) without telling the balancer, so a short
+time-to-live is the one rule that sees them all; a share up to 100 ms old only moves how much
+traffic spills, never where: both sides' balancers still skip every ejected endpoint, and an
+empty side still falls over to the other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from gossamer.proxy.loadbalance.base import EndpointState, LoadBalancer
+from gossamer.proxy.loadbalance.base import Clock, EndpointState, LoadBalancer
 
 OVERPROVISIONING = 1.4
+SHARE_TTL = 0.1  # seconds a computed local share is used before it is counted again
 
 
 def splits(endpoints: Sequence[EndpointState], zone: str | None) -> bool:
@@ -41,16 +49,32 @@ def splits(endpoints: Sequence[EndpointState], zone: str | None) -> bool:
 class LocalityBalancer:
     """Two balancers of one policy: the caller's zone and the rest."""
 
-    __slots__ = ("_local", "_local_eps", "_rand", "_remote", "zone")
+    __slots__ = (
+        "_clock",
+        "_local",
+        "_local_eps",
+        "_rand",
+        "_remote",
+        "_share",
+        "_share_until",
+        "zone",
+    )
 
     def __init__(
-        self, zone: str, make: Callable[[], LoadBalancer], rand: Callable[[], float]
+        self,
+        zone: str,
+        make: Callable[[], LoadBalancer],
+        rand: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.zone = zone
         self._local = make()
         self._remote = make()
         self._rand = rand
+        self._clock = clock
         self._local_eps: list[EndpointState] = []
+        self._share = 0.0
+        self._share_until = -1.0  # loop time until which `_share` is used; past: count again
 
     def update(self, endpoints: Sequence[EndpointState]) -> None:
         zone = self.zone
@@ -59,6 +83,7 @@ class LocalityBalancer:
         self._local_eps = local
         self._local.update(local)
         self._remote.update(remote)
+        self._share_until = -1.0
 
     def local_share(self) -> float:
         """The share of picks the caller's zone takes now (1.0 while it is healthy enough)."""
@@ -73,7 +98,12 @@ class LocalityBalancer:
         return min(1.0, OVERPROVISIONING * available / total)
 
     def pick(self, hash_key: bytes | None = None) -> EndpointState | None:
-        share = self.local_share()
+        now = self._clock()
+        if now < self._share_until:
+            share = self._share
+        else:
+            share = self._share = self.local_share()
+            self._share_until = now + SHARE_TTL
         if share >= 1.0 or (share > 0.0 and self._rand() < share):
             e = self._local.pick(hash_key)
             return e if e is not None else self._remote.pick(hash_key)
