@@ -446,3 +446,20 @@ def test_apply_accepts_the_new_kind() -> None:
         "request: resources[0].spec.limits[0].per: required field is missing"
     ]
     assert load_objects([body])[0].key == "RateLimitPolicy/default/rl"
+
+
+def test_a_bodiless_status_cannot_have_a_fallback_body() -> None:
+    errors = _problems(
+        """
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: a}
+spec:
+  parentRefs: [{name: a}]
+  rules:
+    - backendRefs: [{name: a}]
+      fallback:
+        response: {status: 204, body: "x"}
+"""
+    )
+    assert any("a 204 response has no body" in e for e in errors), errors
