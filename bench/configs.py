@@ -120,6 +120,10 @@ def gossamer_snapshot(
                     service=SERVICE,
                     endpoints=[snap.Endpoint(address=endpoint)],
                     tls=upstream_tls,
+                    # What the translator gives every cluster by default, so the benchmark
+                    # measures the request path users run: outlier detection on, panic at 50%.
+                    outlier_detection=snap.OutlierDetection(),
+                    load_balancer=snap.LoadBalancer(panic_threshold=50.0),
                 )
             ],
             tls=tls,
