@@ -1,9 +1,10 @@
 """A chaos scenario's mesh: `gossamer up -d` in a work dir of its own, status, kills, metrics.
 
-Like tests/integration/meshlib.py (which the integration tests use for the shop), but for the
-scenario meshes in examples/chaos: the scenario's YAML and services are copied into the work dir
-(with the scenario's substitutions, e.g. the address of the Redis the harness started), so that a
-run never writes into the repository, and the services' `CHAOS_DIR` is the work dir's `dead/`.
+Like tests/integration/meshlib.py (which the integration tests use for the shop; both build on
+`StateDir`), but for the scenario meshes in examples/chaos: the scenario's YAML and services are
+copied into the work dir (with the scenario's substitutions, e.g. the address of the Redis the
+harness started), so that a run never writes into the repository, and the services' `CHAOS_DIR`
+is the work dir's `dead/`.
 """
 
 from __future__ import annotations
@@ -47,10 +48,72 @@ def validate(file: Path) -> str | None:
     return lines[0] if lines else f"gossamer validate exited {proc.returncode}"
 
 
-class Mesh:
+class StateDir:
+    """A mesh's state dir: the `gossamer` commands run against it, its processes, its logs.
+
+    The base of this module's Mesh and of tests/integration/meshlib.py's, which differ in what
+    they start and in how a failure is reported (ChaosError here, AssertionError in a test).
+    """
+
+    def __init__(self, cwd: Path, state_dir: Path) -> None:
+        self.cwd = cwd
+        self.state_dir = state_dir
+        self.env = {**os.environ, "GOSSAMER_STATE_DIR": str(state_dir), "NO_COLOR": "1"}
+        for key in ("HTTP_PROXY", "http_proxy"):
+            self.env.pop(key, None)
+
+    def gossamer(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run `gossamer ARGS` in `cwd`; subprocess.TimeoutExpired after `timeout` seconds."""
+        return subprocess.run(
+            [*GOSSAMER, *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def mesh_processes(self) -> list[int]:
+        """Every live process of this mesh (its state dir in its command line or environment)."""
+        marker = str(self.state_dir).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if (entry / "stat").read_text().split(") ", 1)[1].startswith("Z"):
+                    continue
+                blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in blob:
+                found.append(int(entry.name))
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL every live process of this mesh."""
+        for pid in self.mesh_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def logs_tail(self, lines: int = 15) -> str:
+        """The last `lines` lines of each of the mesh's logs, each under its file name."""
+        logs = self.state_dir / "logs"
+        if not logs.is_dir():
+            return ""
+        out = []
+        for path in sorted(logs.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+class Mesh(StateDir):
     """One scenario's mesh, from examples/chaos/<yaml>, run in `work` (its own state dir)."""
 
     def __init__(self, work: Path, yaml: str, replace: Mapping[str, str] | None = None) -> None:
+        super().__init__(work, work / "state")
         self.work = work
         self.dead_dir = work / "dead"
         self.dead_dir.mkdir(parents=True, exist_ok=True)
@@ -63,23 +126,12 @@ class Mesh:
             text = text.replace(old, new)
         self.file = work / yaml
         self.file.write_text(text)
-        self.state_dir = work / "state"
-        self.env = {**os.environ, "GOSSAMER_STATE_DIR": str(self.state_dir), "NO_COLOR": "1"}
         self.env["CHAOS_DIR"] = str(self.dead_dir)
-        for key in ("HTTP_PROXY", "http_proxy", "PYTHONPATH"):
-            self.env.pop(key, None)
+        self.env.pop("PYTHONPATH", None)
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(
-                [*GOSSAMER, *args],
-                env=self.env,
-                cwd=self.work,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
+            return self.gossamer(*args, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ChaosError(f"`gossamer {' '.join(args)}` took longer than {timeout:g}s") from None
 
@@ -92,17 +144,7 @@ class Mesh:
     def down(self) -> None:
         """Stop the mesh; SIGKILL whatever of it survived `gossamer down`."""
         self.run("down", timeout=60)
-        marker = str(self.state_dir).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in blob:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        self.kill_all()
 
     def status(self) -> dict[str, Any]:
         """What `gossamer status --json` says (its documented shape)."""
@@ -128,13 +170,6 @@ class Mesh:
         if not isinstance(pid, int):
             raise ChaosError(f"replica {replica['replica']} has no app pid in gossamer status")
         os.kill(pid, signal.SIGKILL)
-
-    def logs_tail(self, lines: int = 8) -> str:
-        out = []
-        for path in sorted((self.state_dir / "logs").glob("*.log")):
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(out)
 
 
 def metrics(admin: str, timeout: float = 2.0) -> str:

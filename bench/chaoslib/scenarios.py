@@ -31,7 +31,7 @@ from chaoslib.mesh import (
     snapshot_of,
     validate,
 )
-from chaoslib.redis import Redis
+from chaoslib.redis import RedisError, RedisServer
 from gossamer import snapshot
 from gossamer.config import models
 from gossamer.config.loader import load_files
@@ -389,7 +389,7 @@ def limit_of(mesh: Mesh, name: str) -> models.RateLimitSpec:
 
 def redis_down(mesh: Mesh, result: Result, ctx: dict[str, Any]) -> None:
     """A global limit per failure mode, both far exceeded; then Redis is killed."""
-    redis: Redis = ctx["redis"]
+    redis: RedisServer = ctx["redis"]
     front, _admin = mesh.front_door("backend")
     replicas = len(mesh.replicas("backend"))
     limits = {path: limit_of(mesh, path.strip("/")) for path in ("/open", "/closed")}
@@ -492,12 +492,12 @@ def run(name: str, work: Path) -> Result:
     scenario = SCENARIOS[name]
     result = Result(name)
     started = time.monotonic()
-    redis: Redis | None = None
+    redis: RedisServer | None = None
     mesh: Mesh | None = None
     try:
         replace = {}
         if scenario.needs_redis:
-            redis = Redis(work)
+            redis = RedisServer.start(work)
             replace["127.0.0.1:6379"] = redis.address
         mesh = Mesh(work, scenario.yaml, replace)
         problem = validate(mesh.file)
@@ -511,7 +511,7 @@ def run(name: str, work: Path) -> Result:
         scenario.body(mesh, result, {"redis": redis})
     except NotYet as exc:
         result.error = f"not yet: {exc}"
-    except (ChaosError, TimeoutError) as exc:
+    except (ChaosError, RedisError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a harness bug must still leave a row and stop the mesh
         result.error = f"harness error: {exc!r}"
@@ -519,7 +519,7 @@ def run(name: str, work: Path) -> Result:
     finally:
         if mesh is not None:
             if not result.passed:
-                result.details["logs"] = mesh.logs_tail()
+                result.details["logs"] = mesh.logs_tail(8)
             mesh.down()
         if redis is not None:
             redis.stop()

@@ -1,12 +1,13 @@
-"""Integration-test helpers: a real mesh started with `gossamer up -d`, and bounded load."""
+"""Integration-test helpers: a real mesh started with `gossamer up -d`, and bounded load.
+
+The mesh's state-dir plumbing (running `gossamer`, finding and killing its processes, its logs)
+is bench/chaoslib/mesh.py's `StateDir`, shared with the chaos harness.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -20,7 +21,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop"
-GOSSAMER = [sys.executable, "-m", "gossamer"]
+BENCH = REPO / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from chaoslib.mesh import StateDir  # noqa: E402
 
 
 def wait_for(
@@ -41,29 +46,18 @@ def wait_for(
     raise AssertionError(f"timed out after {deadline}s waiting for {what} (last: {last!r})")
 
 
-class Mesh:
+class Mesh(StateDir):
     """A mesh started by `gossamer up -d` in its own state dir; every command runs against it."""
 
     def __init__(self, root: Path, file: Path) -> None:
+        super().__init__(root, root / "state")
         self.root = root
         self.file = file
-        self.state_dir = root / "state"
-        self.env = {**os.environ, "GOSSAMER_STATE_DIR": str(self.state_dir), "NO_COLOR": "1"}
-        self.env.pop("HTTP_PROXY", None)
-        self.env.pop("http_proxy", None)
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 90
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*GOSSAMER, *args],
-            env=self.env,
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = self.gossamer(*args, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"gossamer {' '.join(args)} exited {proc.returncode}\n"
@@ -115,38 +109,6 @@ class Mesh:
         ):
             return None
         return {p["proxyId"]: p["ackedVersion"] for p in items}
-
-    def mesh_processes(self) -> list[int]:
-        """Every live process of this mesh (its state dir in its command line or environment)."""
-        marker = str(self.state_dir).encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if (entry / "stat").read_text().split(") ", 1)[1].startswith("Z"):
-                    continue
-                blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in blob:
-                found.append(int(entry.name))
-        return found
-
-    def kill_all(self) -> None:
-        for pid in self.mesh_processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def logs_tail(self, lines: int = 15) -> str:
-        logs = self.state_dir / "logs"
-        if not logs.is_dir():
-            return ""
-        out = []
-        for path in sorted(logs.glob("*.log")):
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(out)
 
 
 def split(address: str) -> tuple[str, int]:

@@ -6,24 +6,21 @@ answer: leave the request alone), or `(delay, abort_status)`. With a delay the r
 `delay` seconds on a loop timer before it starts (its body is buffered meanwhile, as while a
 connection is opened); with an abort status it is answered locally with that status and the
 `fault-abort` flag, after the delay if there is one. `headers`, when given, limit the fault to
-requests carrying all of them (first value; exact or whole-value regex), like a route match.
+requests carrying all of them (first value; exact or whole-value regex), as a route match's
+header conditions (filters/match.py).
 Each injection is counted in `gossamer_proxy_faults_injected_total{route,kind}`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 from gossamer import snapshot as snap
 from gossamer.filters import headers as header_filter
-from gossamer.http import syntax
+from gossamer.filters.match import ValueCond, compile_headers, headers_match
 from gossamer.http.message import RequestHead
 from gossamer.telemetry.metrics import Counter, CounterChild
-
-# (name, exact value or None, regex or None)
-_HeaderCond = tuple[bytes, bytes | None, "re.Pattern[bytes] | None"]
 
 
 class FaultInjector:
@@ -47,7 +44,7 @@ class FaultInjector:
         delay_percent: float,
         abort_status: int,
         abort_percent: float,
-        headers: tuple[_HeaderCond, ...],
+        headers: tuple[ValueCond, ...],
         delays: CounterChild,
         aborts: CounterChild,
     ) -> None:
@@ -66,7 +63,7 @@ class FaultInjector:
         `rand` is a uniform float in [0, 1) (the data plane's seeded PRNG), drawn once for the
         delay and once for the abort, each only when its percentage is below 100.
         """
-        if self.headers and not _headers_match(self.headers, head):
+        if self.headers and not headers_match(self.headers, head.headers):
             return None
         delay = 0.0
         if self.delay > 0.0 and _chosen(self.delay_percent, rand):
@@ -91,23 +88,6 @@ def _chosen(percent: float, rand: Callable[[], float]) -> bool:
     if percent >= 100.0:
         return True
     return percent > 0.0 and rand() * 100.0 < percent
-
-
-def _headers_match(conds: tuple[_HeaderCond, ...], head: RequestHead) -> bool:
-    headers = head.headers
-    for name, exact, regex in conds:
-        for k, v in headers:
-            if k == name:
-                value = v
-                break
-        else:
-            return False
-        if exact is not None:
-            if value != exact:
-                return False
-        elif regex is not None and regex.fullmatch(value) is None:
-            return False
-    return True
 
 
 def _percent(value: float, where: str) -> float:
@@ -145,24 +125,17 @@ def compile(fault: snap.Fault, route: str, counter: Counter, where: str = "Fault
             # An abort is an error answer: a 2xx would also need the body rules of 204/304.
             raise ValueError(f"{where}: abort.httpStatus {abort_status} is not in 400-599")
         abort_percent = _percent(fault.abort.percentage, f"{where}: abort")
-    conds: list[_HeaderCond] = []
-    for h in fault.headers:
-        name = header_filter.encode_name(h.name, f"{where}, headers")
-        if h.type == "RegularExpression":
-            try:
-                regex = syntax.compile_regex(h.value)
-            except ValueError as e:
-                raise ValueError(f"{where}, header {h.name!r}: {e}") from None
-            conds.append((name, None, regex))
-        else:
-            conds.append((name, header_filter.encode_value(h.value, f"{where}, headers"), None))
+    # Exact values as the proxy writes header values (checked, latin-1), unlike route matches.
+    conds = compile_headers(
+        fault.headers, where, field="headers", encode_value=header_filter.encode_value
+    )
     return FaultInjector(
         route,
         delay,
         delay_percent,
         abort_status,
         abort_percent,
-        tuple(conds),
+        conds,
         counter.labels(route, "delay"),
         counter.labels(route, "abort"),
     )

@@ -3,9 +3,9 @@
 `compile(rules, direction, ...)` turns one direction's `RateLimitRule`s into a `RateLimiter`,
 once per Snapshot. Per request the connection asks `limiter.check(...)`:
 
-- a rule applies when one of its `matches` holds (the router's semantics: method, path as
-  received with segment-aware PathPrefix, first header value, first query value; no matches:
-  every request) and, outbound, the matched route rule is among its `route_rules` (empty: any);
+- a rule applies when one of its `matches` holds (filters/match.py: the router's semantics;
+  no matches: every request) and, outbound, the matched route rule is among its `route_rules`
+  (empty: any);
 - its key is the tuple of the rule's keys' values (`Route`: the matched route rule's name, "" on
   the inbound side; `SourceIdentity`: the peer's SPIFFE ID, "" without mTLS; `Header`: the
   header's first value, b"" when absent; `ClientAddress`: the client's IP), so each distinct
@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
-from urllib.parse import unquote_to_bytes
 
 from gossamer import snapshot as snap
 from gossamer.filters import headers as header_filter
-from gossamer.filters.rewrite import encode_path, strip_prefix
-from gossamer.http import syntax
+from gossamer.filters.match import compile_condition, first_value
 from gossamer.http.message import RequestHead
 from gossamer.telemetry.metrics import Counter, CounterChild, Registry
 
@@ -223,116 +220,6 @@ class TokenBuckets:
         return len(self.buckets)
 
 
-# --- matching -------------------------------------------------------------------------------------
-
-_ValueCond = tuple[bytes, bytes | None, "re.Pattern[bytes] | None"]
-
-
-class _Match:
-    """One compiled RouteMatch (all conditions AND-ed), the router's semantics."""
-
-    __slots__ = ("exact", "headers", "method", "prefix", "prefix_slash", "query", "regex")
-
-    def __init__(self, m: snap.RouteMatch, where: str) -> None:
-        self.method: bytes | None = None
-        self.exact: bytes | None = None
-        self.prefix: bytes | None = None
-        self.prefix_slash = b""
-        self.regex: re.Pattern[bytes] | None = None
-        if m.method is not None:
-            try:
-                syntax.check_token(m.method, "method")
-            except ValueError:
-                raise ValueError(f"{where}: invalid method {m.method!r}") from None
-            self.method = m.method.encode("ascii")
-        if m.path is not None:
-            if m.path.type == "RegularExpression":
-                self.regex = _regex(m.path.value, f"{where}, path")
-            else:
-                value = encode_path(m.path.value, f"{where}, path")
-                if m.path.type == "Exact":
-                    self.exact = value
-                elif strip_prefix(value):
-                    self.prefix = strip_prefix(value)
-                    self.prefix_slash = self.prefix + b"/"
-        headers: list[_ValueCond] = []
-        for h in m.headers:
-            name = header_filter.encode_name(h.name, f"{where}, header match")
-            if h.type == "RegularExpression":
-                headers.append((name, None, _regex(h.value, f"{where}, header {h.name!r}")))
-            else:
-                headers.append((name, h.value.encode("utf-8"), None))
-        self.headers = tuple(headers)
-        query: list[_ValueCond] = []
-        for q in m.query_params:
-            if not q.name:
-                raise ValueError(f"{where}: query parameter match without a name")
-            qname = q.name.encode("utf-8")
-            if q.type == "RegularExpression":
-                query.append((qname, None, _regex(q.value, f"{where}, query parameter {q.name!r}")))
-            else:
-                query.append((qname, q.value.encode("utf-8"), None))
-        self.query = tuple(query)
-
-    def matches(self, head: RequestHead) -> bool:
-        if self.method is not None and head.method != self.method:
-            return False
-        path = head.path
-        if self.exact is not None and path != self.exact:
-            return False
-        prefix = self.prefix
-        if prefix is not None and path != prefix and not path.startswith(self.prefix_slash):
-            return False
-        if self.regex is not None and self.regex.fullmatch(path) is None:
-            return False
-        for name, exact, regex in self.headers:
-            value = _first(head.headers, name)
-            if value is None or not _value_ok(value, exact, regex):
-                return False
-        if self.query:
-            params = _parse_query(head.query)
-            for name, exact, regex in self.query:
-                value = params.get(name)
-                if value is None or not _value_ok(value, exact, regex):
-                    return False
-        return True
-
-
-def _first(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
-
-
-def _value_ok(value: bytes, exact: bytes | None, regex: re.Pattern[bytes] | None) -> bool:
-    if exact is not None:
-        return value == exact
-    return regex is None or regex.fullmatch(value) is not None
-
-
-def _parse_query(query: bytes) -> dict[bytes, bytes]:
-    # As router.parse_query: percent-decoded, "+" a space, the first occurrence of a name counts.
-    out: dict[bytes, bytes] = {}
-    for part in query.split(b"&"):
-        if not part:
-            continue
-        name, _, value = part.partition(b"=")
-        if b"%" in name or b"+" in name:
-            name = unquote_to_bytes(name.replace(b"+", b" "))
-        if b"%" in value or b"+" in value:
-            value = unquote_to_bytes(value.replace(b"+", b" "))
-        out.setdefault(name, value)
-    return out
-
-
-def _regex(pattern: str, where: str) -> re.Pattern[bytes]:
-    try:
-        return syntax.compile_regex(pattern)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
 # --- headers --------------------------------------------------------------------------------------
 
 
@@ -410,7 +297,9 @@ class Rule:
             raise ValueError(f"{where}: period must be a positive number of seconds")
         if spec.burst < 0:
             raise ValueError(f"{where}: burst must not be negative, not {spec.burst}")
-        self.matches = tuple(_Match(m, f"{where}, match #{i}") for i, m in enumerate(spec.matches))
+        self.matches = tuple(
+            compile_condition(m, f"{where}, match #{i}") for i, m in enumerate(spec.matches)
+        )
         self.route_rules = frozenset(spec.route_rules)
         keys: list[tuple[int, bytes]] = []
         for i, k in enumerate(spec.keys):
@@ -491,7 +380,7 @@ def _key_part(
     elif kind == _SOURCE:
         value = peer or ""
     elif kind == _HEADER:
-        value = _first(head.headers, name) or b""
+        value = first_value(head.headers, name) or b""
     else:
         value = ip
     if len(value) > KEY_PART_MAX:

@@ -31,33 +31,37 @@ any port; a virtual host with a port matches "domain:port" (and the bare domain 
 When several virtual hosts claim the same domain, the first in the Snapshot wins.
 
 Matching inside a virtual host: rules in order, the first match wins; a rule's matches are OR-ed,
-the conditions of one match AND-ed; a rule without matches matches everything. Paths compare as
-received (percent-encoding untouched); PathPrefix is segment-aware ("/foo" matches "/foo",
-"/foo/", "/foo/bar" but not "/foobar"; a trailing "/" in the prefix is ignored); regexes must match
-the whole value. Header names are case-insensitive and the first value counts. Query parameters are
-parsed (and percent-decoded, "+" as space) only when a rule has a query condition, at most once per
-request; the first occurrence of a name counts.
+the conditions of one match AND-ed (filters/match.py compiles them and says how paths, headers and
+query parameters compare); a rule without matches matches everything. Query parameters are parsed
+only when a rule has a query condition, at most once per request.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import unquote_to_bytes
 
 from gossamer import snapshot as snap
 from gossamer.filters import fault as fault_filter
 from gossamer.filters import headers as header_filter
+from gossamer.filters import match as match_mod
 from gossamer.filters import mirror as mirror_filter
 from gossamer.filters import redirect as redirect_filter
 from gossamer.filters import rewrite as rewrite_filter
 from gossamer.filters.fault import FaultInjector
+from gossamer.filters.match import (
+    EXACT,
+    PREFIX,
+    REGEX,
+    Condition,
+    headers_match,
+    parse_query,
+    query_match,
+)
 from gossamer.filters.mirror import Mirror
 from gossamer.filters.redirect import RedirectFilter, split_authority
-from gossamer.filters.rewrite import encode_path, strip_prefix
 from gossamer.http import syntax
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import fallback as fallback_mod
@@ -74,14 +78,9 @@ if TYPE_CHECKING:
 NO_BACKEND = flags.NO_BACKEND
 NO_BACKEND_STATUS = flags.STATUS[NO_BACKEND]
 
-_ANY, _EXACT, _PREFIX, _REGEX = 0, 1, 2, 3
-
 # A mirrored copy or a backend fallback without a request timeout of its own gets this one, so a
 # hung cluster cannot hold them (and their connections) forever.
 DEFAULT_SIDE_TIMEOUT = 10.0
-
-# (name, exact value or None, regex or None) for a header or query parameter condition.
-_ValueCond = tuple[bytes, bytes | None, "re.Pattern[bytes] | None"]
 
 
 class RouteCompileError(Exception):
@@ -251,44 +250,14 @@ class RouteMatch:
         return f"RouteMatch({self.virtual_host.name!r}, {self.rule.name!r}#{self.match_index})"
 
 
-class _Condition:
-    """One compiled snapshot.RouteMatch: all its conditions must hold."""
-
-    __slots__ = ("headers", "method", "path", "path_kind", "path_re", "path_slash", "query")
-
-    def __init__(self) -> None:
-        self.method: bytes | None = None
-        self.path_kind = _ANY
-        self.path = b""
-        self.path_slash = b""
-        self.path_re: re.Pattern[bytes] | None = None
-        self.headers: tuple[_ValueCond, ...] = ()
-        self.query: tuple[_ValueCond, ...] = ()
-
-
 class _VirtualHost:
     __slots__ = ("entries", "spec")
 
     def __init__(
-        self, spec: snap.VirtualHost, entries: tuple[tuple[_Condition | None, RouteMatch], ...]
+        self, spec: snap.VirtualHost, entries: tuple[tuple[Condition | None, RouteMatch], ...]
     ) -> None:
         self.spec = spec
         self.entries = entries
-
-
-def parse_query(query: bytes) -> dict[bytes, bytes]:
-    """Parse a query string into {name: first value}, percent-decoded with "+" as a space."""
-    out: dict[bytes, bytes] = {}
-    for part in query.split(b"&"):
-        if not part:
-            continue
-        name, _, value = part.partition(b"=")
-        if b"%" in name or b"+" in name:
-            name = unquote_to_bytes(name.replace(b"+", b" "))
-        if b"%" in value or b"+" in value:
-            value = unquote_to_bytes(value.replace(b"+", b" "))
-        out.setdefault(name, value)
-    return out
 
 
 class RouteTable:
@@ -425,28 +394,29 @@ class RouteTable:
                 return None
         path = head.path
         query: dict[bytes, bytes] | None = None
+        # match.Condition.matches, inlined: no call per rule, the query parsed once per request.
         for cond, route in vh.entries:
             if cond is None:
                 return route
             if cond.method is not None and head.method != cond.method:
                 continue
             kind = cond.path_kind
-            if kind == _PREFIX:
+            if kind == PREFIX:
                 if path != cond.path and not path.startswith(cond.path_slash):
                     continue
-            elif kind == _EXACT:
+            elif kind == EXACT:
                 if path != cond.path:
                     continue
-            elif kind == _REGEX:
+            elif kind == REGEX:
                 assert cond.path_re is not None
                 if cond.path_re.fullmatch(path) is None:
                     continue
-            if cond.headers and not _headers_match(cond.headers, head.headers):
+            if cond.headers and not headers_match(cond.headers, head.headers):
                 continue
             if cond.query:
                 if query is None:
                     query = parse_query(head.query)
-                if not _query_match(cond.query, query):
+                if not query_match(cond.query, query):
                     continue
             return route
         return None
@@ -462,102 +432,11 @@ def _encode_host(host: str, where: str) -> bytes:
         raise RouteCompileError(f"{where}: {e}") from None
 
 
-def _headers_match(
-    conds: tuple[_ValueCond, ...],
-    headers: Sequence[tuple[bytes, bytes]],
-) -> bool:
-    for name, exact, regex in conds:
-        for k, v in headers:
-            if k == name:
-                value = v
-                break
-        else:
-            return False
-        if exact is not None:
-            if value != exact:
-                return False
-        elif regex is not None and regex.fullmatch(value) is None:
-            return False
-    return True
-
-
-def _query_match(
-    conds: tuple[_ValueCond, ...],
-    query: dict[bytes, bytes],
-) -> bool:
-    for name, exact, regex in conds:
-        value = query.get(name)
-        if value is None:
-            return False
-        if exact is not None:
-            if value != exact:
-                return False
-        elif regex is not None and regex.fullmatch(value) is None:
-            return False
-    return True
-
-
-def _regex(pattern: str, where: str) -> re.Pattern[bytes]:
+def _compile_condition(m: snap.RouteMatch, where: str) -> Condition:
     try:
-        return syntax.compile_regex(pattern)
+        return match_mod.compile_condition(m, where)
     except ValueError as e:
-        raise RouteCompileError(f"{where}: {e}") from None
-
-
-def _compile_condition(m: snap.RouteMatch, where: str) -> tuple[_Condition, bytes | None]:
-    """Compile one match; also return its PathPrefix (b"/" without a path), None otherwise."""
-    cond = _Condition()
-    prefix: bytes | None = b"/"
-    if m.method is not None:
-        try:
-            syntax.check_token(m.method, "method")
-        except ValueError:
-            raise RouteCompileError(f"{where}: invalid method {m.method!r}") from None
-        cond.method = m.method.encode("ascii")
-    if m.path is not None:
-        p = m.path
-        if p.type == "RegularExpression":
-            cond.path_kind = _REGEX
-            cond.path_re = _regex(p.value, f"{where}, path")
-            prefix = None
-        else:
-            try:
-                value = encode_path(p.value, f"{where}, path")
-            except ValueError as e:
-                raise RouteCompileError(str(e)) from None
-            if p.type == "Exact":
-                cond.path_kind = _EXACT
-                cond.path = value
-                prefix = None
-            else:
-                stripped = strip_prefix(value)
-                prefix = value
-                if stripped:
-                    cond.path_kind = _PREFIX
-                    cond.path = stripped
-                    cond.path_slash = stripped + b"/"
-    headers: list[_ValueCond] = []
-    for h in m.headers:
-        try:
-            name = header_filter.encode_name(h.name, f"{where}, header match")
-        except ValueError as e:
-            raise RouteCompileError(str(e)) from None
-        if h.type == "RegularExpression":
-            headers.append((name, None, _regex(h.value, f"{where}, header {h.name!r}")))
-        else:
-            headers.append((name, h.value.encode("utf-8"), None))
-    cond.headers = tuple(headers)
-    query: list[_ValueCond] = []
-    for q in m.query_params:
-        if not q.name:
-            raise RouteCompileError(f"{where}: query parameter match without a name")
-        name = q.name.encode("utf-8")
-        if q.type == "RegularExpression":
-            query.append((name, None, _regex(q.value, f"{where}, query parameter {q.name!r}")))
-        else:
-            query.append((name, q.value.encode("utf-8"), None))
-    cond.query = tuple(query)
-    return cond, prefix
+        raise RouteCompileError(str(e)) from None
 
 
 def _compile_filters(
@@ -725,17 +604,16 @@ def _compile_fallback(
 
 
 def _compile_virtual_host(vh: snap.VirtualHost, clusters: set[str], ctx: _Context) -> _VirtualHost:
-    entries: list[tuple[_Condition | None, RouteMatch]] = []
+    entries: list[tuple[Condition | None, RouteMatch]] = []
     for ri, rule in enumerate(vh.rules):
         where = f"virtual host {vh.name!r}, rule {rule.name or ri!r}"
         fault, mirror, fallback = _compile_rule_extras(vh, rule, clusters, ctx, where)
-        conds: list[tuple[_Condition | None, bytes | None]] = []
+        conds: list[tuple[Condition | None, bytes | None]] = []
         if not rule.matches:
             conds.append((None, b"/"))
         for mi, m in enumerate(rule.matches):
-            cond, prefix = _compile_condition(m, f"{where}, match #{mi}")
-            is_any = cond.path_kind == _ANY and not (cond.method or cond.headers or cond.query)
-            conds.append((None if is_any else cond, prefix))
+            cond = _compile_condition(m, f"{where}, match #{mi}")
+            conds.append((None if cond.is_any else cond, cond.prefix))
         for mi, (entry_cond, prefix) in enumerate(conds):
             redirect, request, response = _compile_filters(rule.filters, prefix, where)
             backends = _compile_backends(rule, prefix, clusters, where)
