@@ -497,6 +497,34 @@ class RateLimits(_Base, kw_only=True, frozen=True):
     redis: RedisServer | None = None  # required when any rule is Global
 
 
+# --- telemetry -----------------------------------------------------------------------------------
+
+TracingProtocol = Literal["http/protobuf", "grpc"]
+
+
+class TracingExporter(_Base, kw_only=True, frozen=True):
+    """Where spans go, over OTLP (the OpenTelemetry SDK's exporters)."""
+
+    protocol: TracingProtocol = "http/protobuf"
+    # http/protobuf: the collector's URL ("http://127.0.0.1:4318", `/v1/traces` is added);
+    # grpc: "host:port".
+    endpoint: str
+    timeout: float = 10.0  # one export
+
+
+class Tracing(_Base, kw_only=True, frozen=True):
+    """Distributed tracing: every proxy propagates W3C `traceparent`/`tracestate` and B3 (single
+    and multi header) whatever this says; with an exporter, it also records a span per hop."""
+
+    sampling: float = 1.0  # share of new traces sampled, 0-1 (an incoming decision is kept)
+    keep_errors: bool = True  # record 5xx and mesh-produced failures even when not sampled
+    exporter: TracingExporter | None = None  # None: propagate only, record nothing
+
+
+class Telemetry(_Base, kw_only=True, frozen=True):
+    tracing: Tracing | None = None  # None: propagation only
+
+
 # --- the whole -----------------------------------------------------------------------------------
 
 
@@ -510,6 +538,7 @@ class Snapshot(_Base, kw_only=True, frozen=True):
     authz: AuthzConfig | None = None  # None: no policy selects this proxy's service
     tls: MeshTls | None = None  # None: no mTLS at all, inbound or outbound (static snapshots)
     rate_limits: RateLimits | None = None  # None: no RateLimitPolicy applies to this proxy
+    telemetry: Telemetry | None = None  # None: no tracing export (headers still propagate)
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")
