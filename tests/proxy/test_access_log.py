@@ -28,6 +28,7 @@ from gossamer.proxy.accesslog import (
     trace_id,
 )
 from gossamer.telemetry.metrics import Registry
+from gossamer.telemetry.tracing import extract
 
 WALL = 1_795_000_000.25  # 2026-11-18T11:06:40.250Z
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -126,9 +127,18 @@ def conn(outbound: bool = False, head: RequestHead | None = None, **extra: Any) 
         "bytes_sent": 42,
         "request_id": b"ab" * 16,
         "source_address": lambda: "127.0.0.1:5555",
+        "trace": _context(head),
     }
     fields.update(extra)
     return SimpleNamespace(**fields)
+
+
+def _context(head: RequestHead | None) -> Any:
+    """The trace context the connection would have parsed from `head` (proxy/tracing.py)."""
+    found = extract(head.headers) if head is not None else None
+    if found is None or found.trace_id is None:
+        return None
+    return SimpleNamespace(trace_id=found.trace_id)
 
 
 def get(

@@ -7,6 +7,7 @@ that got through despite its failures (retries).
 
 from __future__ import annotations
 
+import contextvars
 import html
 import re
 from collections import Counter
@@ -39,9 +40,11 @@ def _stock(product_id: int) -> dict[str, Any]:
 def products() -> dict[str, Any]:
     catalog, _ = get_json("http://catalog/products")
     items = catalog["products"]
+    ids = [p["id"] for p in items]
+    context = contextvars.copy_context()  # the request's trace headers, for the pool's threads
     with ThreadPoolExecutor(max_workers=8) as pool:
-        prices = list(pool.map(_price, [p["id"] for p in items]))
-        stocks = list(pool.map(_stock, [p["id"] for p in items]))
+        prices = list(pool.map(lambda i: context.copy().run(_price, i), ids))
+        stocks = list(pool.map(lambda i: context.copy().run(_stock, i), ids))
     out = []
     for item, price, stock in zip(items, prices, stocks, strict=True):
         out.append({**item, "price": price, "stock": stock})

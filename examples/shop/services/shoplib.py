@@ -7,6 +7,7 @@ the mesh (routing, retries, load balancing) without the service knowing about it
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -26,10 +27,31 @@ class CallError(Exception):
     """A call to another service failed; the message says which and how."""
 
 
+# The mesh traces every hop, but only the app knows which outgoing call belongs to which incoming
+# request: like with Istio or Linkerd, an app copies these headers from the request it serves to
+# the calls it makes, and the trace stays one.
+PROPAGATED = (
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+)
+_incoming: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "incoming", default=None
+)
+
+
 def get_json(url: str, timeout: float = 3.0) -> tuple[Any, dict[str, str]]:
-    """GET `url` and return its JSON body and response headers."""
+    """GET `url` (with the trace headers of the request being served) and return its JSON body
+    and response headers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=_incoming.get() or {})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read()), dict(resp.headers.items())
     except urllib.error.HTTPError as exc:
         body = exc.read()[:200].decode("utf-8", "replace")
@@ -52,6 +74,7 @@ def serve(routes: dict[str, Handler], html: Callable[[], str] | None = None) -> 
         disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
+            _incoming.set({k: v for k in PROPAGATED if (v := self.headers.get(k)) is not None})
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 self._send(200, {"status": "ok", "replica": REPLICA})

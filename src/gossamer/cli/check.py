@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Check the running mesh, as `linkerd check` does: the control plane answers "
         "and its certificate is valid; no CA certificate expires within 30 days (warning) or has "
         "expired (failure); no proxy's SVID is past half-life (warning) or expired (failure); "
-        "every proxy runs the current trust bundle; a rotation under way. Exit status 0 when "
+        "every proxy runs the current trust bundle; a rotation under way; the configuration "
+        "passes `gossamer analyze` (an error fails, a warning warns). Exit status 0 when "
         "nothing failed (warnings included), 1 otherwise.",
     )
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
@@ -47,6 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     url, creds = control_plane_target(args)
     checks: list[Check] = []
     status: dict[str, Any] | None = None
+    api: ClientApi | None = None
     try:
         api = ClientApi(url, creds)
         api.call(api.client.healthz)
@@ -58,6 +60,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         checks.append(_serving_cert_check(url, creds.ca_bundle))
     if status is not None:
         checks.extend(ca_checks(status))
+    if api is not None and status is not None:
+        checks.extend(analyze_checks(api))
     failures = sum(c.level == "fail" for c in checks)
     warnings = sum(c.level == "warn" for c in checks)
     if args.json:
@@ -71,6 +75,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(format_checks(checks, failures, warnings))
     return 1 if failures else 0
+
+
+def analyze_checks(api: ClientApi) -> list[Check]:
+    """The live configuration through `gossamer analyze`: a line per error and warning."""
+    from gossamer.cli.analyze import live_findings, summary
+
+    try:
+        findings = live_findings(api)
+    except CommandError as exc:
+        return [Check("config", "fail", f"cannot analyze: {str(exc).splitlines()[0]}")]
+    out: list[Check] = []
+    for f in findings:
+        if f.severity == "info":
+            continue
+        where = f" {f.where}" if f.where else ""
+        level: Level = "fail" if f.severity == "error" else "warn"
+        out.append(Check("config", level, f"{f.code} {f.resource}{where}: {f.message}"))
+    if not out:
+        out.append(Check("config", "ok", f"the configuration passes analyze: {summary(findings)}"))
+    return out
 
 
 def format_checks(checks: list[Check], failures: int, warnings: int) -> str:

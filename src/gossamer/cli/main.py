@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokens", ("token",)),
     ("ca", ("ca",)),
     ("check", ("check",)),
+    ("analyze", ("analyze",)),
     ("validate", ("validate",)),
     ("control_plane", ("control-plane",)),
     ("proxy", ("proxy",)),

@@ -290,11 +290,63 @@ class MtlsSpec(Model):
     mode: MtlsMode = "STRICT"
 
 
+TracingProtocol = Literal["http/protobuf", "grpc"]
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):  # YAML's `true` is no percentage
+        raise ValueError("must be a number from 0 to 100")
+    return value
+
+
+_OTLP_URL = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(/[^?#\s]*)?$")
+
+
+class OtlpSpec(Model):
+    """Where the proxies send their spans, over OTLP (docs/tracing.md)."""
+
+    protocol: TracingProtocol = "http/protobuf"
+    # http/protobuf: the collector's URL ("/v1/traces" is added); grpc: host:port.
+    endpoint: str
+    timeout: PositiveDuration = 10.0
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str, info: ValidationInfo) -> str:
+        if "protocol" not in info.data:
+            return v  # the protocol is wrong (reported): which endpoint form is meant is unknown
+        if info.data["protocol"] == "grpc":
+            match = _HOST_PORT.match(v)
+            if match is None or not 1 <= int(match.group(2)) <= 65535:
+                raise ValueError(
+                    f"{v!r} is not an address: with protocol grpc write host:port, "
+                    "e.g. 127.0.0.1:4317"
+                )
+            return v
+        url = _OTLP_URL.match(v)
+        if url is None or (url.group(2) is not None and not 1 <= int(url.group(2)) <= 65535):
+            raise ValueError(
+                f"{v!r} is not a URL: with protocol http/protobuf write http://host:port, "
+                "e.g. http://127.0.0.1:4318"
+            )
+        return v
+
+
+class TracingSpec(Model):
+    """Distributed tracing: how many traces the proxies record and where the spans go."""
+
+    # Istio's default: 1% of new traces; an incoming decision is always kept.
+    sampling_percentage: Annotated[float, BeforeValidator(_number), Field(ge=0.0, le=100.0)] = 1.0
+    keep_errors: bool = True  # also record failed requests (5xx, flagged) of unsampled traces
+    otlp: OtlpSpec | None = None  # None: propagate trace headers, record nothing
+
+
 class MeshSpec(Model):
     trust_domain: str = "gossamer.local"
     defaults: MeshDefaults = MeshDefaults()
     mtls: MtlsSpec = MtlsSpec()
     rate_limit: MeshRateLimit = MeshRateLimit()
+    tracing: TracingSpec | None = None  # None: trace headers propagate, nothing is recorded
 
 
 class Mesh(Resource):

@@ -202,8 +202,26 @@ def translate(
         authz=_authz(world, proxy),
         tls=_tls(world, proxy, trust),
         rate_limits=_rate_limits(world, proxy, virtual_hosts, front_door=front is not None),
+        telemetry=_telemetry(world),
     )
     return snap.seal(built)
+
+
+def _telemetry(world: _World) -> snap.Telemetry | None:
+    """The Mesh's `tracing`, for every proxy alike; None without one (the Snapshot as before)."""
+    spec = world.mesh.tracing
+    if spec is None:
+        return None
+    otlp = spec.otlp
+    exporter = None
+    if otlp is not None:
+        exporter = snap.TracingExporter(
+            protocol=otlp.protocol, endpoint=otlp.endpoint, timeout=otlp.timeout
+        )
+    tracing = snap.Tracing(
+        sampling=spec.sampling_percentage / 100.0, keep_errors=spec.keep_errors, exporter=exporter
+    )
+    return snap.Telemetry(tracing=tracing)
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:

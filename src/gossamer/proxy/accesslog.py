@@ -227,9 +227,11 @@ class AccessLog:
             authority: str | None = _text(host)
             path: str | None = _text(path_bytes + b"?" + query if query else path_bytes)
             protocol: str | None = "HTTP/1.0" if conn.http10 else "HTTP/1.1"
-            trace = trace_id(head.headers)
         else:
-            method = authority = path = protocol = trace = None
+            method = authority = path = protocol = None
+        # The context the connection parsed (proxy/tracing.py): W3C or B3, or the new trace.
+        context = conn.trace
+        trace = context.trace_id.decode("ascii") if context is not None else None
         record = AccessRecord(
             self.timestamp(started),
             direction,

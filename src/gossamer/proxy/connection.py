@@ -29,6 +29,7 @@ from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
 from gossamer.proxy.accesslog import CLIENT_DISCONNECTED
 from gossamer.proxy.exchange import Exchange
+from gossamer.proxy.golden import response_flag
 from gossamer.telemetry.metrics import CounterChild
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from gossamer.proxy.cluster import ClusterRuntime
     from gossamer.proxy.dataplane import Listener
     from gossamer.proxy.exchange import RulePlan
+    from gossamer.proxy.golden import Recorder
     from gossamer.proxy.router import Backend, RouteMatch
+    from gossamer.proxy.tracing import RequestTrace
 
 log = logging.getLogger("gossamer.proxy.connection")
 
@@ -72,6 +75,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         "closed",
         "corked",
         "exchange",
+        "golden",
         "head",
         "head_started",
         "http10",
@@ -90,7 +94,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
         "req_done",
         "request_id",
         "resp_done",
+        "resp_flag",
         "timer",
+        "trace",
         "transport",
         "write_paused",
         "xfcc_field",
@@ -134,7 +140,13 @@ class DownstreamConnection(asyncio.BaseProtocol):
         # The access log (proxy/accesslog.py), None when off: then a request pays one `is None`
         # test for it, plus the stores and byte counts below that it reads.
         self.access: AccessLog | None = listener.access_log
+        # The golden metrics (proxy/golden.py): one record per finished request, TCP counts.
+        self.golden: Recorder = listener.golden
+        self.resp_flag: str | None = None  # an error response's x-gossamer-flags, for golden
         self.head: RequestHead | None = None  # the request in flight (or last answered)
+        # Its trace context (proxy/tracing.py), None when it has none: the access log's traceId,
+        # and the span finished where the request ends.
+        self.trace: RequestTrace | None = None
         # (head, host, path, query) as received, kept only when a route filter rewrites them.
         self.original: tuple[RequestHead, bytes, bytes, bytes] | None = None
         self.bytes_received = 0  # this request's body bytes, and its response's
@@ -155,12 +167,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
         listener.connections.add(self)
         listener.stats.active.inc()
         listener.stats.total.inc()
+        self.golden.opened.value += 1.0
         now = self.loop.time()
         self.idle_since = now
         self.head_started = now  # a new connection must send its first head in time
         self.timer = self.loop.call_later(listener.timer_period, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
+        self.golden.received.value += len(data)
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
@@ -187,13 +201,19 @@ class DownstreamConnection(asyncio.BaseProtocol):
         listener = self.listener
         listener.connections.discard(self)
         listener.stats.active.dec()
+        self.golden.closed.value += 1.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         exchange = self.exchange
         if exchange is not None:
-            if not self.resp_done and self.access is not None:
-                self.access.request(self, getattr(exchange, "status", 0), CLIENT_DISCONNECTED)
+            if not self.resp_done:
+                status = getattr(exchange, "status", 0)
+                if self.access is not None:
+                    self.access.request(self, status, CLIENT_DISCONNECTED)
+                self.golden.request(self, status, CLIENT_DISCONNECTED)
+                if self.trace is not None:
+                    self.trace.finish(self, status, CLIENT_DISCONNECTED)
             self.exchange = None
             exchange.on_downstream_lost()
         listener.on_connection_closed()
@@ -231,8 +251,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
         xfp = -1
         expect = -1
         xfcc = False
+        traced = False  # a trace context field (W3C or B3) is present
         for i, (k, v) in enumerate(headers):
-            if k[0] == 120:  # "x": the only names we look at start with x or e
+            if k[0] == 120:  # "x": the only names we look at start with x, e, t or b
                 if k == b"x-request-id":
                     rid = v
                 elif k == b"x-forwarded-for":
@@ -241,8 +262,12 @@ class DownstreamConnection(asyncio.BaseProtocol):
                     xfp = i
                 elif k == _XFCC:
                     xfcc = True
+                elif k[2] == 98 and k[:5] == b"x-b3-":
+                    traced = True
             elif k == b"expect":
                 expect = i
+            elif k == b"traceparent" or k == b"b3":
+                traced = True
         if rid is None and xff < 0 and xfp < 0:
             # The usual request from an app: the mesh adds all three, in one extend.
             rid = b"%032x" % _random_bits(128)
@@ -260,11 +285,17 @@ class DownstreamConnection(asyncio.BaseProtocol):
             elif listener.outbound:
                 headers[xfp] = _XFP_HTTP
         self.request_id = rid
+        tracing = listener.dataplane.tracing
+        if traced or tracing.recording:
+            self.trace = tracing.begin(head, traced, listener.outbound)
+        else:
+            self.trace = None
         if expect >= 0:
             # We answer 100-continue ourselves; the upstream never sees Expect.
             if headers[expect][1].lower() == b"100-continue" and not self.req_done:
                 assert self.transport is not None
                 self.transport.write(_CONTINUE)
+                self.golden.sent.value += len(_CONTINUE)
             del headers[expect]
         if xfcc and not listener.outbound:
             # Only this sidecar vouches for a caller's certificate: a client (plaintext or not)
@@ -282,7 +313,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
             redirect = route.redirect
             if redirect is not None:
                 status, location = redirect.redirect(head)
-                self._start_local(flags.REDIRECT, "redirected", status, ((b"location", location),))
+                self._start_local(
+                    flags.REDIRECT, "redirected", status, ((b"location", location),), route=route
+                )
                 return
             if route.request_filters:
                 if self.access is not None:
@@ -294,6 +327,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
                     _NO_BACKEND if _NO_BACKEND in flags.STATUS else flags.NO_ROUTE,
                     f"route {route.rule.name!r} has no backend",
                     500,
+                    route=route,
                 )
                 return
             if backend.request_filters:
@@ -342,7 +376,10 @@ class DownstreamConnection(asyncio.BaseProtocol):
                     return
                 if not verdict.allowed:
                     self._start_local(
-                        flags.RATE_LIMITED, verdict.message, extra_headers=verdict.headers
+                        flags.RATE_LIMITED,
+                        verdict.message,
+                        extra_headers=verdict.headers,
+                        route=route,
                     )
                     return
         exchange = Exchange(
@@ -386,7 +423,10 @@ class DownstreamConnection(asyncio.BaseProtocol):
         try:
             if not decision.allowed:
                 self._start_local(
-                    flags.RATE_LIMITED, decision.message, extra_headers=decision.headers
+                    flags.RATE_LIMITED,
+                    decision.message,
+                    extra_headers=decision.headers,
+                    route=wait.route,
                 )
             else:
                 exchange = Exchange(
@@ -435,9 +475,11 @@ class DownstreamConnection(asyncio.BaseProtocol):
         status: int | None = None,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
         fields: tuple[tuple[str, str | None], ...] = (),
+        route: RouteMatch | None = None,
     ) -> None:
-        """Answer a request the mesh cannot route; its body, if any, is read and dropped."""
-        self.exchange = _DISCARD
+        """Answer a request the mesh cannot route; its body, if any, is read and dropped
+        (`route`: the rule matched, if any, for the golden metrics' labels)."""
+        self.exchange = _DISCARD if route is None else cast(Exchange, _Discard(route))
         self.listener.none_stats.count(status or flags.STATUS[flag], 0.0)
         self.send_local(flag, message, status, extra_headers, fields=fields)
 
@@ -456,6 +498,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
         self.out_chunked = body_length == BODY_CHUNKED
         self.keep_alive = keep
         data = serialize_response_head(head, body_length, keep)
+        self.golden.sent.value += len(data)
+        if head.status >= 400:  # an error may carry a peer sidecar's flag: the metrics show it
+            self.resp_flag = response_flag(data)
         if self.corked:
             self.out.append(data)
         elif self.transport is not None:
@@ -465,9 +510,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
         if not data:
             return
         self.bytes_sent += len(data)
+        if self.out_chunked:
+            prefix = chunk_prefix(len(data))
+            self.golden.sent.value += len(prefix) + len(data) + 2
+        else:
+            self.golden.sent.value += len(data)
         if self.corked:
             if self.out_chunked:
-                self.out += (chunk_prefix(len(data)), data, CRLF)
+                self.out += (prefix, data, CRLF)
             else:
                 self.out.append(data)
             return
@@ -475,12 +525,13 @@ class DownstreamConnection(asyncio.BaseProtocol):
         if transport is None:
             return
         if self.out_chunked:
-            transport.writelines((chunk_prefix(len(data)), data, CRLF))
+            transport.writelines((prefix, data, CRLF))
         else:
             transport.write(data)
 
     def send_response_end(self) -> None:
         if self.out_chunked:
+            self.golden.sent.value += len(LAST_CHUNK)
             if self.corked:
                 self.out.append(LAST_CHUNK)
             elif self.transport is not None:
@@ -490,6 +541,10 @@ class DownstreamConnection(asyncio.BaseProtocol):
             # `flag`: set only for a response a rule's fallback served (`fallback,<cause>`).
             exchange = self.exchange
             access.request(self, getattr(exchange, "status", 0), getattr(exchange, "flag", None))
+        self.golden.request(self, getattr(self.exchange, "status", 0), None)
+        if self.trace is not None:
+            exchange = self.exchange
+            self.trace.finish(self, getattr(exchange, "status", 0), getattr(exchange, "flag", None))
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -521,10 +576,15 @@ class DownstreamConnection(asyncio.BaseProtocol):
             self.out.append(data)
         elif self.transport is not None:
             self.transport.write(data)
+        self.golden.sent.value += len(data)
+        self.bytes_sent += len(data) - data.find(b"\r\n\r\n") - 4  # the body only
+        status = status or flags.STATUS.get(flag, 500)
         access = self.access
         if access is not None:
-            self.bytes_sent += len(data) - data.find(b"\r\n\r\n") - 4  # the body only
-            access.request(self, status or flags.STATUS.get(flag, 500), flag)
+            access.request(self, status, flag)
+        self.golden.request(self, status, flag)
+        if self.trace is not None:
+            self.trace.finish(self, status, flag)
         self.resp_done = True
         if self.req_done:
             self._cycle_done()
@@ -548,8 +608,13 @@ class DownstreamConnection(asyncio.BaseProtocol):
         """Cut the connection: part of a response went out and the rest never will (`flag`
         says why, in the access log)."""
         exchange = self.exchange
-        if self.access is not None and not self.resp_done:
-            self.access.request(self, getattr(exchange, "status", 0), flag)
+        if not self.resp_done:
+            status = getattr(exchange, "status", 0)
+            if self.access is not None:
+                self.access.request(self, status, flag)
+            self.golden.request(self, status, flag)
+            if self.trace is not None:
+                self.trace.finish(self, status, flag)
         self.exchange = None
         if exchange is not None:
             # Idempotent; without it an exchange cut here (a protocol error mid-response) would
@@ -639,6 +704,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         timeout = self.listener.settings.header_timeout
         self.request_id = b"%032x" % _random_bits(128)  # the unfinished request's, not the last
         self.head = None
+        self.trace = None
         self.bytes_received = self.bytes_sent = 0
         self.listener.none_stats.count(flags.STATUS[flags.HEADER_TIMEOUT], 0.0)
         self.req_done = True
@@ -683,6 +749,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
             exchange.on_downstream_lost()  # the access log still reads the exchange below
         else:
             self.head = None  # the unparsable head is not the last request's
+            self.trace = None
             self.bytes_received = self.bytes_sent = 0
         flag = flags.HEADERS_TOO_LARGE if exc.status == 431 else flags.BAD_REQUEST
         self.listener.none_stats.count(exc.status, 0.0)
@@ -749,7 +816,12 @@ class _RateLimitWait:
 class _Discard:
     """Stands in for an exchange while a locally answered request's body is read and dropped."""
 
+    __slots__ = ("route",)
+
     response_started = False
+
+    def __init__(self, route: RouteMatch | None = None) -> None:
+        self.route = route  # the rule the request matched (golden metrics' labels), if any
 
     def on_request_body(self, data: bytes) -> None:
         pass

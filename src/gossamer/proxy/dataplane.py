@@ -19,9 +19,11 @@ from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.exchange import RulePlan
 from gossamer.proxy.fallback import resilience_counters
+from gossamer.proxy.golden import GoldenMetrics, MeshNames, Recorder, recorders
 from gossamer.proxy.mtls import InboundAcceptor, OutboundTls, PreparedBundle, TlsState
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
+from gossamer.proxy.tracing import ProxyTracer
 from gossamer.security.tls import SvidFiles, TlsConfigError
 from gossamer.snapshot import Snapshot
 from gossamer.telemetry.metrics import Registry
@@ -101,6 +103,7 @@ class Listener:
         self.outbound = direction == "outbound"
         self.stats = ListenerStats(dataplane.metrics, direction)
         self.none_stats = ClusterStats(dataplane.metrics, direction, "")
+        self.golden: Recorder = dataplane.golden[direction]
         self.connections: set[DownstreamConnection] = set()
         self.rand = dataplane.rand.random
         s = self.settings
@@ -140,6 +143,12 @@ class DataPlane:
         self.tables = Tables(None, RouteTable(), {}, {}, None)
         self.deadlines = Deadlines(loop)
         self.tls = TlsState(loop, self.metrics)
+        # Trace headers on every request; spans and their export when a Snapshot asks for them.
+        self.tracing = ProxyTracer(loop, metrics, lambda: self.tls.own_id)
+        # The golden metrics (proxy/golden.py); their names follow each Snapshot and SVID.
+        self.golden_names = MeshNames(lambda: self.tls.own_id)
+        golden_in, golden_out = recorders(GoldenMetrics(metrics), self.golden_names, loop.time)
+        self.golden: dict[str, Recorder] = {"inbound": golden_in, "outbound": golden_out}
         self.inbound = Listener(self, "inbound")
         self.outbound = Listener(self, "outbound")
         self.inbound.acceptor = InboundAcceptor(self.inbound, self.tls)
@@ -238,6 +247,10 @@ class DataPlane:
             except ValueError as exc:
                 raise SnapshotError(f"inbound listener: {exc}") from None
         tls_update = self._check_tls(snapshot)
+        try:
+            tracing = ProxyTracer.prepare(snapshot)
+        except ValueError as exc:
+            raise SnapshotError(f"telemetry.tracing: {exc}") from None
         authorizer = None
         if snapshot.authz is not None and snapshot.authz.policies:
             try:
@@ -325,6 +338,8 @@ class DataPlane:
             retired_app.close()
         routes.bind(clusters)  # mirrors and backend fallbacks reach their cluster runtimes
         self.tables = Tables(snapshot, routes, clusters, plans, app, authorizer, rate_limits)
+        self.golden_names.apply(snapshot)
+        self.tracing.install(tracing)
         if old.rate_limits is not None:
             old.rate_limits.retire(rate_limits)
         for name, runtime in old.clusters.items():
@@ -390,6 +405,7 @@ class DataPlane:
             TlsConfigError: the files cannot be loaded or are not an SVID; the old ones stay.
         """
         self.tls.set_svid(files)
+        self.golden_names.changed()  # this proxy's identity is in the golden metrics' labels
 
     def tls_status(self) -> dict[str, object]:
         """mTLS state for the admin /config page: mode, SVID, bundle fingerprints (no key)."""
@@ -450,6 +466,8 @@ class DataPlane:
             # the loop calls soon after the abort: let it run, then write and close.
             await asyncio.sleep(0)
             await self.access_log.close()
+        await asyncio.sleep(0)  # spans of the connections aborted above end in connection_lost
+        await self.tracing.close()
 
 
 def split_address(address: str) -> tuple[str, int]:
