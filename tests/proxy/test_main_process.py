@@ -181,3 +181,25 @@ def test_split_address() -> None:
     assert split_address("[::1]:80", "--admin") == ("::1", 80)
     with pytest.raises(ValueError, match="--admin: 'nope' is not host:port"):
         split_address("nope", "--admin")
+
+
+async def test_the_admin_taps_the_real_data_plane(tmp_path: Path) -> None:
+    """`gossamer proxy` hands its data plane's taps to the admin listener once it runs."""
+    path = tmp_path / "snap.json"
+    path.write_bytes(snapshot_mod.encode(make_snapshot(PROXY)))
+    proxy = ProxyProcess(
+        ProxyOptions(
+            service="web",
+            proxy_id=PROXY,
+            snapshot_file=path,
+            inbound="127.0.0.1:0",
+            outbound="127.0.0.1:0",
+            admin="127.0.0.1:0",
+        )
+    )
+    try:
+        await proxy.start()
+        assert proxy.admin.taps is not None
+        assert proxy.admin.taps is getattr(proxy._dataplane, "taps", None)
+    finally:
+        await proxy.stop()

@@ -26,7 +26,10 @@ from gossamer.config.errors import ConfigError, Problem, did_you_mean
 from gossamer.config.models import KINDS
 from gossamer.config.validate import validate_apply
 from gossamer.control.api_ca import ca_router
+from gossamer.control.api_stats import stats_router
+from gossamer.control.api_tap import tap_router
 from gossamer.control.distribute import UnknownProxyError
+from gossamer.control.metrics import ApiRequestCounter
 from gossamer.control.registry import Registration, RegistrationLimitError, SvidStatus
 from gossamer.control.resources import (
     RESOURCES_PREFIX,
@@ -522,6 +525,8 @@ def create_app(
     # Added first, so it runs inside the guard: refusals are logged (never the token) like the rest.
     app.add_middleware(_Auth, cp=cp)
     app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
+    # Outermost: counts every answer, refusals and the guard's included.
+    app.add_middleware(ApiRequestCounter, metrics=cp.metrics, routes=lambda: app.routes)
 
     # --- operator API ---
 
@@ -948,6 +953,8 @@ def create_app(
         return {"proxyId": proxy_id}
 
     app.include_router(ca_router(cp))
+    app.include_router(stats_router(cp))
+    app.include_router(tap_router(cp))
     return app
 
 

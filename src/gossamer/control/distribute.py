@@ -53,6 +53,8 @@ class ProxyStatus:
     last_contact: float = 0.0  # unix seconds (the injected clock)
     polling: int = 0  # long polls in flight: a proxy waiting on one is in contact
     changed: asyncio.Event | None = None  # set and replaced whenever `snapshot` changes version
+    built_at: float = 0.0  # when `snapshot`'s version was built (the injected clock)
+    answered_version: str | None = None  # the latest version an ACK/NACK was timed for
 
 
 class UnknownProxyError(KeyError):
@@ -88,6 +90,8 @@ class Distributor:
         self._status: dict[str, ProxyStatus] = {}
         self._dirty = asyncio.Event()
         self.recomputations = 0
+        # Told of each ACK/NACK: ok, and seconds from the version's build (None: not timed).
+        self.on_answer: Callable[[bool, float | None], None] | None = None
 
     def mark_dirty(self) -> None:
         self._dirty.set()
@@ -135,6 +139,7 @@ class Distributor:
         old = status.snapshot
         status.snapshot = built
         if old is None or old.version != built.version:
+            status.built_at = self._clock()
             assert status.changed is not None
             status.changed.set()
             status.changed = asyncio.Event()
@@ -221,6 +226,13 @@ class Distributor:
             raise UnknownProxyError(proxy_id)
         status = self._status_of(proxy_id)
         status.last_contact = self._clock()
+        if self.on_answer is not None:
+            latency = None
+            current = status.snapshot.version if status.snapshot is not None else None
+            if version == current and status.answered_version != version:
+                status.answered_version = version
+                latency = status.last_contact - status.built_at
+            self.on_answer(ok, latency)
         if ok:
             status.acked_version = version
             status.nacked_version = None

@@ -19,11 +19,13 @@ import uvicorn
 
 from gossamer.control.ca_service import DEFAULT_TRUST_DOMAIN, MeshCa
 from gossamer.control.distribute import Distributor, TranslateFn
+from gossamer.control.metrics import ControlPlaneMetrics
 from gossamer.control.operators import Tokens
 from gossamer.control.registry import DEFAULT_MAX_PER_IDENTITY, Registry
 from gossamer.control.resources import ResourceCache
 from gossamer.control.store.base import Store
 from gossamer.control.store.sqlite import SqliteStore
+from gossamer.control.telemetry_window import DEFAULT_INTERVAL, DEFAULT_RETENTION, TelemetryWindow
 from gossamer.control.tls_peer import PeerChecker, protocol_class
 from gossamer.files import write_atomically
 from gossamer.security.ca import DEFAULT_SVID_TTL
@@ -53,8 +55,12 @@ class ControlPlane:
         token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
         registration_expiry: float | None = None,
         max_registrations_per_identity: int = DEFAULT_MAX_PER_IDENTITY,
+        telemetry_interval: float = DEFAULT_INTERVAL,
+        telemetry_retention: float = DEFAULT_RETENTION,
     ) -> None:
-        """`registration_expiry`: seconds after its last heartbeat that a proxy's registration
+        """`telemetry_interval`, `telemetry_retention`: how often the proxies' /metrics are
+        scraped and how long the rolling window keeps (control/telemetry_window.py).
+        `registration_expiry`: seconds after its last heartbeat that a proxy's registration
         is removed (default `max(20 x heartbeat_ttl, 60)`); `max_registrations_per_identity`:
         how many proxy ids one SPIFFE identity may register."""
         self.store = store
@@ -81,6 +87,11 @@ class ControlPlane:
         self.cache.subscribe(self.distributor.mark_dirty)
         self.registry.subscribe(self.distributor.mark_dirty)
         self.apply_lock = asyncio.Lock()
+        self.metrics = ControlPlaneMetrics()
+        self.metrics.watch(self.distributor)
+        self.telemetry = TelemetryWindow(
+            self.registry.endpoints, interval=telemetry_interval, retention=telemetry_retention
+        )
         # Three heartbeats per TTL: one lost heartbeat does not mark a replica unhealthy.
         self.heartbeat_interval = heartbeat_ttl / 3
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +110,8 @@ class ControlPlane:
         token_prune_interval: float = TOKEN_PRUNE_INTERVAL,
         registration_expiry: float | None = None,
         max_registrations_per_identity: int = DEFAULT_MAX_PER_IDENTITY,
+        telemetry_interval: float = DEFAULT_INTERVAL,
+        telemetry_retention: float = DEFAULT_RETENTION,
     ) -> ControlPlane:
         """Open the SQLite store in `state_dir` (created if needed) and build the parts on it.
 
@@ -132,6 +145,8 @@ class ControlPlane:
             token_prune_interval=token_prune_interval,
             registration_expiry=registration_expiry,
             max_registrations_per_identity=max_registrations_per_identity,
+            telemetry_interval=telemetry_interval,
+            telemetry_retention=telemetry_retention,
         )
 
     async def start(self) -> None:
@@ -145,6 +160,7 @@ class ControlPlane:
             asyncio.create_task(self.distributor.run(), name="distribute"),
             asyncio.create_task(self.ca.run(self.registry, self.distributor), name="ca"),
             asyncio.create_task(self._prune_tokens(), name="token-prune"),
+            asyncio.create_task(self.telemetry.run(), name="telemetry-window"),
         ]
 
     async def prune_tokens(self) -> int:

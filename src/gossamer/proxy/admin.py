@@ -1,14 +1,16 @@
-"""The admin listener (/ready, /config, /metrics, /quitquitquit): tiny asyncio + httptools."""
+"""The admin listener (/ready, /config, /metrics, /tap, /quitquitquit): tiny asyncio + httptools."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from typing import Protocol, cast
 
 import httptools
 import msgspec
 
+from gossamer.proxy.tap import Tap, TapFilterError, TapHub, parse_filter
 from gossamer.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gossamer.telemetry.metrics import Registry
 
@@ -25,6 +27,11 @@ _REASONS = {
     503: b"Service Unavailable",
 }
 
+_TAP_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncache-control: no-store\r\n"
+    b"connection: close\r\n\r\n"
+)
+
 # path -> (allowed methods, one-line description); GET also answers HEAD.
 ENDPOINTS: dict[str, tuple[tuple[bytes, ...], str]] = {
     "/": ((b"GET", b"HEAD"), "this index"),
@@ -34,6 +41,10 @@ ENDPOINTS: dict[str, tuple[tuple[bytes, ...], str]] = {
     ),
     "/config": ((b"GET", b"HEAD"), "the Snapshot the proxy runs, with its version and ACK state"),
     "/metrics": ((b"GET", b"HEAD"), "Prometheus metrics (text format 0.0.4)"),
+    "/tap": (
+        (b"GET",),
+        "live NDJSON stream of request records (?path=PREFIX&method=&status=&direction=)",
+    ),
     "/quitquitquit": ((b"POST",), "drain and exit"),
 }
 
@@ -84,9 +95,10 @@ def _json_error(code: str, message: str) -> bytes:
 class AdminServer:
     """Answers admin requests from the proxy's state; one instance per process."""
 
-    def __init__(self, view: ProxyView, registry: Registry) -> None:
+    def __init__(self, view: ProxyView, registry: Registry, taps: TapHub | None = None) -> None:
         self.view = view
         self.registry = registry
+        self.taps = taps
         self.server: asyncio.Server | None = None
         self.connections: set[_AdminProtocol] = set()
 
@@ -103,6 +115,36 @@ class AdminServer:
                 if conn.transport is not None:
                     conn.transport.close()
             await self.server.wait_closed()
+
+    def tap_hub(self) -> TapHub | None:
+        """The data plane's taps (set by the proxy process once its data plane runs)."""
+        return self.taps
+
+    def open_tap(self, conn: _AdminProtocol, query: bytes) -> bytes | None:
+        """Start streaming to `conn` (None), or the error response to send instead."""
+        assert conn.transport is not None
+        try:
+            params: dict[str, str | None] = dict(
+                urllib.parse.parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+            )
+            tap_filter = parse_filter(params)
+        except TapFilterError as exc:
+            body = _json_error("bad_request", f"/tap: {exc}")
+            return _response(400, body, b"application/json", keep_alive=False)
+        hub = self.tap_hub()
+        if hub is None:
+            body = _json_error("unavailable", "/tap: the data plane is not running yet")
+            return _response(503, body, b"application/json", keep_alive=False)
+        tap = hub.open(conn.transport, tap_filter)
+        if tap is None:
+            body = _json_error(
+                "too_many_taps", f"/tap: {hub.max_taps} taps are open already; try again later"
+            )
+            return _response(503, body, b"application/json", keep_alive=False)
+        # Before any record: the tap's lines go out from a later loop callback.
+        conn.transport.write(_TAP_HEAD)
+        conn.tap = (hub, tap)
+        return None
 
     def handle(self, method: bytes, path: str, keep_alive: bool) -> tuple[bytes, bool]:
         """Returns the full response and whether to close afterwards (a quit was asked for)."""
@@ -168,6 +210,7 @@ class _AdminProtocol(asyncio.Protocol):
         self.url = b""
         self.received = 0
         self.closing = False
+        self.tap: tuple[TapHub, Tap] | None = None  # while this connection streams a tap
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -176,6 +219,10 @@ class _AdminProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.tap is not None:
+            hub, tap = self.tap
+            self.tap = None
+            hub.close(tap)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -212,9 +259,18 @@ class _AdminProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         keep_alive = bool(self.parser.should_keep_alive())
         try:
-            path = httptools.parse_url(self.url).path.decode("utf-8", "replace")
+            url = httptools.parse_url(self.url)
+            path = url.path.decode("utf-8", "replace")
         except httptools.HttpParserInvalidURLError:
             self._fail(400, "invalid request target")
+            return
+        if path == "/tap" and method == b"GET":
+            # The rest of the connection is the stream: nothing more is read from it.
+            self.closing = True
+            error = self.server.open_tap(self, url.query or b"")
+            if error is not None:
+                self.transport.write(error)
+                self.transport.close()
             return
         data, quit_after = self.server.handle(method, path, keep_alive)
         self.transport.write(data)

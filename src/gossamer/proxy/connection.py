@@ -211,6 +211,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 status = getattr(exchange, "status", 0)
                 if self.access is not None:
                     self.access.request(self, status, CLIENT_DISCONNECTED)
+                if listener.tap is not None:  # a live tap (proxy/tap.py)
+                    listener.tap.request(self, status, CLIENT_DISCONNECTED)
                 self.golden.request(self, status, CLIENT_DISCONNECTED)
                 if self.trace is not None:
                     self.trace.finish(self, status, CLIENT_DISCONNECTED)
@@ -318,7 +320,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 )
                 return
             if route.request_filters:
-                if self.access is not None:
+                if self.access is not None or listener.tap is not None:
                     self.original = (head, head.host, head.path, head.query)
                 route.apply_request(head)
             backend = route.pick_backend(listener.rand())
@@ -331,7 +333,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 )
                 return
             if backend.request_filters:
-                if not route.request_filters and self.access is not None:
+                if not route.request_filters and (
+                    self.access is not None or listener.tap is not None
+                ):
                     self.original = (head, head.host, head.path, head.query)
                 backend.apply_request(head)
             cluster = tables.clusters[backend.cluster]
@@ -541,6 +545,10 @@ class DownstreamConnection(asyncio.BaseProtocol):
             # `flag`: set only for a response a rule's fallback served (`fallback,<cause>`).
             exchange = self.exchange
             access.request(self, getattr(exchange, "status", 0), getattr(exchange, "flag", None))
+        tap = self.listener.tap
+        if tap is not None:  # a live tap (proxy/tap.py)
+            exchange = self.exchange
+            tap.request(self, getattr(exchange, "status", 0), getattr(exchange, "flag", None))
         self.golden.request(self, getattr(self.exchange, "status", 0), None)
         if self.trace is not None:
             exchange = self.exchange
@@ -582,6 +590,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
         access = self.access
         if access is not None:
             access.request(self, status, flag)
+        tap = self.listener.tap
+        if tap is not None:  # a live tap (proxy/tap.py)
+            tap.request(self, status, flag)
         self.golden.request(self, status, flag)
         if self.trace is not None:
             self.trace.finish(self, status, flag)
@@ -612,6 +623,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
             status = getattr(exchange, "status", 0)
             if self.access is not None:
                 self.access.request(self, status, flag)
+            tap = self.listener.tap
+            if tap is not None:  # a live tap (proxy/tap.py)
+                tap.request(self, status, flag)
             self.golden.request(self, status, flag)
             if self.trace is not None:
                 self.trace.finish(self, status, flag)

@@ -23,6 +23,7 @@ from gossamer.proxy.golden import GoldenMetrics, MeshNames, Recorder, recorders
 from gossamer.proxy.mtls import InboundAcceptor, OutboundTls, PreparedBundle, TlsState
 from gossamer.proxy.router import RouteCompileError, RouteTable
 from gossamer.proxy.stats import ClusterStats, DataPlaneMetrics, ListenerStats
+from gossamer.proxy.tap import TapHub
 from gossamer.proxy.tracing import ProxyTracer
 from gossamer.security.tls import SvidFiles, TlsConfigError
 from gossamer.snapshot import Snapshot
@@ -111,6 +112,7 @@ class Listener:
         self.server: asyncio.AbstractServer | None = None
         self.acceptor: InboundAcceptor | None = None  # the inbound listener's (mTLS modes)
         self.access_log: AccessLog | None = None  # set by DataPlane.start when configured
+        self.tap: TapHub | None = None  # the tap hub while an admin client taps (proxy/tap.py)
 
     def protocol(self) -> DownstreamConnection:
         return DownstreamConnection(self)
@@ -153,6 +155,8 @@ class DataPlane:
         self.outbound = Listener(self, "outbound")
         self.inbound.acceptor = InboundAcceptor(self.inbound, self.tls)
         self.access_log: AccessLog | None = None
+        # Live taps (admin GET /tap): the listeners' `tap` stays None while nobody taps.
+        self.taps = TapHub(loop, (self.inbound, self.outbound), lambda: self.tls.own_id)
 
     def _open_access_log(self) -> None:
         """Raises AccessLogError: the configured file cannot be opened."""

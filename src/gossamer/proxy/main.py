@@ -25,6 +25,7 @@ from gossamer.proxy.agent import Agent, AgentMetrics, Registration, SnapshotHold
 from gossamer.proxy.cache import CacheError, SnapshotCache
 from gossamer.proxy.dataplane import BoundAddresses, DataPlane, ProxySettings
 from gossamer.proxy.readiness import ReadinessProbe
+from gossamer.proxy.tap import TapHub
 from gossamer.snapshot import Snapshot
 from gossamer.tasks import cancel_all
 from gossamer.telemetry.metrics import Registry
@@ -211,6 +212,9 @@ class ProxyProcess:
         try:
             bound = await dataplane.start()
             self._dataplane = dataplane
+            taps = getattr(dataplane, "taps", None)  # fakes in tests have none
+            if isinstance(taps, TapHub):
+                self.admin.taps = taps
             bound_admin = await self.admin.start(admin_host, admin_port)
             self._admin_started = True
         except AccessLogError as exc:
