@@ -30,6 +30,12 @@ def run(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
             ("--heartbeat-ttl", "3", "--registration-expiry", "2"),
             "--registration-expiry must be longer than --heartbeat-ttl (3), got 2",
         ),
+        (("--telemetry-interval", "often"), "--telemetry-interval: 'often' is not a duration"),
+        (("--telemetry-interval", "0s"), "--telemetry-interval must be longer than 0s"),
+        (
+            ("--telemetry-interval", "5s", "--telemetry-retention", "8s"),
+            "--telemetry-retention (8s) must hold at least two scrapes",
+        ),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:

@@ -59,6 +59,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default: 20 heartbeat TTLs, at least 60)",
     )
     parser.add_argument(
+        "--telemetry-interval",
+        default="5s",
+        metavar="DURATION",
+        help="how often every proxy's /metrics is scraped into the rolling window behind "
+        "`gossamer stat` (default 5s)",
+    )
+    parser.add_argument(
+        "--telemetry-retention",
+        default="10m",
+        metavar="DURATION",
+        help="how much of it the rolling window keeps (default 10m)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(func=run)
@@ -74,6 +87,18 @@ def parse_svid_ttl(text: str) -> dt.timedelta:
     if seconds < 1:
         raise CommandError(f"--svid-ttl must be at least 1s, got {text!r}", code=2)
     return dt.timedelta(seconds=seconds)
+
+
+def parse_positive_duration(flag: str, text: str) -> float:
+    from gossamer.config.models import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise CommandError(f"{flag}: {exc}", code=2) from None
+    if not seconds > 0:
+        raise CommandError(f"{flag} must be longer than 0s, got {text!r}", code=2)
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
             f"got {expiry:g}",
             code=2,
         )
+    interval = parse_positive_duration("--telemetry-interval", args.telemetry_interval)
+    retention = parse_positive_duration("--telemetry-retention", args.telemetry_retention)
+    if retention < 2 * interval:
+        raise CommandError(
+            f"--telemetry-retention ({args.telemetry_retention}) must hold at least two scrapes "
+            f"of --telemetry-interval ({args.telemetry_interval})",
+            code=2,
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -117,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
                 ready_file=args.ready_file,
                 heartbeat_ttl=args.heartbeat_ttl,
                 registration_expiry=expiry,
+                telemetry_interval=interval,
+                telemetry_retention=retention,
                 # uvicorn's own messages stay quiet; ours say what matters.
                 log_level="warning",
             )

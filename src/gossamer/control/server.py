@@ -296,10 +296,13 @@ async def serve(
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     svid_ttl: dt.timedelta | None = None,
     registration_expiry: float | None = None,
+    telemetry_interval: float = DEFAULT_INTERVAL,
+    telemetry_retention: float = DEFAULT_RETENTION,
 ) -> None:
     """Run the control plane until SIGTERM/SIGINT, on one HTTPS listener (see `api_config`).
 
     `registration_expiry`: see `ControlPlane` (default `max(20 x heartbeat_ttl, 60)` seconds).
+    `telemetry_interval` / `telemetry_retention`: the rolling window of the proxies' metrics.
     """
     host, port = parse_listen(listen)
     # The process edge: the registry and status report unix seconds, so the clock is the wall's.
@@ -310,6 +313,8 @@ async def serve(
         trust_domain=trust_domain,
         svid_ttl=svid_ttl,
         registration_expiry=registration_expiry,
+        telemetry_interval=telemetry_interval,
+        telemetry_retention=telemetry_retention,
     )
     try:
         await cp.start()
