@@ -25,8 +25,8 @@ from test_dataplane import (
 
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.tap import TapFilterError, parse_filter
 from gossamer.telemetry.metrics import Registry
+from gossamer.telemetry.tap_filter import TapFilterError, parse_filter
 
 
 class View:

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from gossamer.control.registry import Registration
-from gossamer.proxy.tap import TapFilterError, parse_filter
+from gossamer.telemetry.tap_filter import TapFilterError, parse_filter
 
 if TYPE_CHECKING:
     from gossamer.control.server import ControlPlane

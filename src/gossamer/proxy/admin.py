@@ -10,9 +10,10 @@ from typing import Protocol, cast
 import httptools
 import msgspec
 
-from gossamer.proxy.tap import Tap, TapFilterError, TapHub, parse_filter
+from gossamer.proxy.tap import Tap, TapHub
 from gossamer.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gossamer.telemetry.metrics import Registry
+from gossamer.telemetry.tap_filter import TapFilterError, parse_filter
 
 log = logging.getLogger("gossamer.proxy")
 
