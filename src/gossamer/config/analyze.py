@@ -23,8 +23,8 @@ from typing import Any, Literal
 from gossamer.config import models
 from gossamer.config.errors import Problem
 from gossamer.config.loader import Loaded, Unloaded
+from gossamer.config.precedence import match_precedence
 from gossamer.config.validate import STORED, check
-from gossamer.control.translate_routes import match_precedence
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")

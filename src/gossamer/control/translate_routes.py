@@ -38,11 +38,10 @@ from gossamer.config.models import (
     HTTPRouteRule,
     HTTPServiceRef,
 )
+from gossamer.config.precedence import match_precedence
 
 # (service, namespace, subset): the identity of a cluster before it gets its name.
 ClusterKey = tuple[str, str, str | None]
-
-_PATH_RANK = {"Exact": 3, "RegularExpression": 2, "PathPrefix": 1}
 
 
 class TranslateError(ValueError):
@@ -67,18 +66,6 @@ class _Entry:
     key: tuple[int, int, str, int, int, int, str, str, int, int]
     rule_id: tuple[str, str, int]  # (namespace, route name, rule index)
     match: snap.RouteMatch | None  # None: the rule has no matches and takes everything
-
-
-def match_precedence(match: HTTPRouteMatch | None) -> tuple[int, int, str, int, int, int]:
-    """The sort key of one match (smaller sorts first) by the Gateway API's criteria 1-4."""
-    if match is None or match.path is None:
-        kind, value = "PathPrefix", "/"
-    else:
-        kind, value = match.path.type, match.path.value
-    has_method = match is not None and match.method is not None
-    headers = len(match.headers) if match is not None else 0
-    query = len(match.query_params) if match is not None else 0
-    return (-_PATH_RANK[kind], -len(value), value, -int(has_method), -headers, -query)
 
 
 def build_rules(
