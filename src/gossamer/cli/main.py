@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stat", ("stat",)),
     ("top", ("top",)),
     ("tap", ("tap",)),
+    ("dashboard", ("dashboard",)),
     ("validate", ("validate",)),
     ("control_plane", ("control-plane",)),
     ("proxy", ("proxy",)),

@@ -39,6 +39,7 @@ from gossamer.control.resources import (
     service_users,
 )
 from gossamer.control.tls_peer import PEER_ERROR_KEY, PEER_KEY, PEER_SVID_KEY, LeafFacts
+from gossamer.dashboard import mount_dashboard
 from gossamer.security.ca import CaError, CsrError
 from gossamer.security.spiffe import CONTROL_PLANE_NAMESPACE, SpiffeId, SpiffeIdError
 from gossamer.security.tokens import Action, Role, TokenError, role_allows
@@ -325,12 +326,18 @@ class _Guard:
 _PROXY_PROTOCOL = re.compile(r"/v1/proxies/[^/]+(/(register|heartbeat|snapshot|ack))?")
 # Public: the trust bundle, and SVID issuance (which checks its own bootstrap token).
 _PUBLIC = frozenset({("GET", "/v1/ca/bundle"), ("POST", "/v1/svid")})
+# The dashboard's static files hold no data (the page calls the API with the operator's token).
+DASHBOARD_PREFIX = "/dashboard"
 _NEEDS = {"read": "any role", "write": "the editor or admin role", "admin": "the admin role"}
 
 
 def required_action(method: str, path: str) -> Action | None:
     """What an operator's role must allow for this call on the HTTPS listener (None: public)."""
     if (method, path) in _PUBLIC:
+        return None
+    if method in ("GET", "HEAD") and (
+        path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+    ):
         return None
     if path == "/v1/tokens/bootstrap":
         return "write"
@@ -955,6 +962,7 @@ def create_app(
     app.include_router(ca_router(cp))
     app.include_router(stats_router(cp))
     app.include_router(tap_router(cp))
+    mount_dashboard(app, DASHBOARD_PREFIX)
     return app
 
 
