@@ -206,6 +206,23 @@ class _Series:
         self.request_bytes = request_bytes
         self.response_bytes = response_bytes
 
+    def record(self, seconds: float, received: int, sent: int) -> None:
+        """Count one finished request (CounterChild.inc and HistogramChild.observe, inlined:
+        this runs once per request)."""
+        self.requests.value += 1.0
+        h = self.duration
+        h.counts[bisect_left(h.bounds, seconds)] += 1
+        h.sum += seconds
+        h.count += 1
+        h = self.request_bytes
+        h.counts[bisect_left(_BYTE_BOUNDS, received) if received else 0] += 1
+        h.sum += received
+        h.count += 1
+        h = self.response_bytes
+        h.counts[bisect_left(_BYTE_BOUNDS, sent) if sent else 0] += 1
+        h.sum += sent
+        h.count += 1
+
 
 class Recorder:
     """One listener's golden metrics: `request()` per finished request, TCP children."""
@@ -298,22 +315,7 @@ class InboundRecorder(Recorder):
                 status,
                 flag,
             )
-        # CounterChild.inc and HistogramChild.observe, inlined: this runs once per request.
-        series.requests.value += 1.0
-        h = series.duration
-        h.counts[bisect_left(h.bounds, seconds)] += 1
-        h.sum += seconds
-        h.count += 1
-        size = conn.bytes_received
-        h = series.request_bytes
-        h.counts[bisect_left(_BYTE_BOUNDS, size) if size else 0] += 1
-        h.sum += size
-        h.count += 1
-        size = conn.bytes_sent
-        h = series.response_bytes
-        h.counts[bisect_left(_BYTE_BOUNDS, size) if size else 0] += 1
-        h.sum += size
-        h.count += 1
+        series.record(seconds, conn.bytes_received, conn.bytes_sent)
 
 
 class OutboundRecorder(Recorder):
@@ -371,21 +373,7 @@ class OutboundRecorder(Recorder):
                 status,
                 flag,
             )
-        series.requests.value += 1.0
-        h = series.duration
-        h.counts[bisect_left(h.bounds, seconds)] += 1
-        h.sum += seconds
-        h.count += 1
-        size = conn.bytes_received
-        h = series.request_bytes
-        h.counts[bisect_left(_BYTE_BOUNDS, size) if size else 0] += 1
-        h.sum += size
-        h.count += 1
-        size = conn.bytes_sent
-        h = series.response_bytes
-        h.counts[bisect_left(_BYTE_BOUNDS, size) if size else 0] += 1
-        h.sum += size
-        h.count += 1
+        series.record(seconds, conn.bytes_received, conn.bytes_sent)
 
 
 def recorders(
