@@ -6,6 +6,7 @@ is bench/chaoslib/mesh.py's `StateDir`, shared with the chaos harness.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,49 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=15)
+
+
+SHOP_SERVICES = ("frontend", "catalog", "pricing", "inventory")
+
+
+def shop_yaml(
+    python: str, *, mesh_spec: str | None = None, extra: Mapping[str, str] | None = None
+) -> str:
+    """The demo shop's four services run from their files: frontend published, inventory never
+    failing on purpose. `mesh_spec` adds a Mesh with that spec (flow YAML); `extra` adds spec
+    lines (each ending in a newline) to a service."""
+    docs = []
+    if mesh_spec is not None:
+        docs.append(
+            f"apiVersion: gossamer.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: shop}}\n"
+            f"spec: {mesh_spec}\n"
+        )
+    for name in SHOP_SERVICES:
+        more = "  publish: 0\n" if name == "frontend" else ""
+        more += '  env: {FAIL_RATE: "0"}\n' if name == "inventory" else ""
+        more += (extra or {}).get(name, "")
+        docs.append(
+            f"""apiVersion: gossamer.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  command: [{python}, {SHOP / "services" / (name + ".py")}]
+  workingDir: {SHOP}
+  readinessProbe: {{path: /healthz}}
+{more}"""
+        )
+    return "---\n".join(docs)
+
+
+@contextlib.contextmanager
+def running_mesh(root: Path, yaml: str, *up_flags: str) -> Iterator[Mesh]:
+    """`gossamer up -d` of `yaml` in `root`; down, and every process of it killed, at the end."""
+    file = root / "mesh.yaml"
+    file.write_text(yaml)
+    mesh = Mesh(root, file)
+    try:
+        mesh.up(*up_flags)
+        yield mesh
+    finally:
+        mesh.down()
+        mesh.kill_all()

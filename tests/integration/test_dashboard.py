@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlib import SHOP, Load, Mesh
+from meshlib import SHOP_SERVICES, Load, Mesh, running_mesh, shop_yaml
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,40 +28,14 @@ from selenium.common.exceptions import TimeoutException, WebDriverException  # n
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-SERVICES = ("frontend", "catalog", "pricing", "inventory")
+SERVICES = SHOP_SERVICES
 BROWSER_DEADLINE = 60.0  # everything the browser waits for, in all
-
-
-def mesh_yaml(python: str) -> str:
-    docs = []
-    for name in SERVICES:
-        extra = "  publish: 0\n" if name == "frontend" else ""
-        extra += '  env: {FAIL_RATE: "0"}\n' if name == "inventory" else ""
-        docs.append(
-            f"""apiVersion: gossamer.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  command: [{python}, {SHOP / "services" / (name + ".py")}]
-  workingDir: {SHOP}
-  readinessProbe: {{path: /healthz}}
-{extra}"""
-        )
-    return "---\n".join(docs)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    root = tmp_path_factory.mktemp("dashboard-mesh")
-    file = root / "mesh.yaml"
-    file.write_text(mesh_yaml(sys.executable))
-    m = Mesh(root, file)
-    try:
-        m.up()
+    with running_mesh(tmp_path_factory.mktemp("dashboard-mesh"), shop_yaml(sys.executable)) as m:
         yield m
-    finally:
-        m.down()
-        m.kill_all()
 
 
 @pytest.fixture

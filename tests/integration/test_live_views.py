@@ -13,42 +13,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from meshlib import SHOP, Load, Mesh, split, wait_for
+from meshlib import SHOP_SERVICES, Load, Mesh, running_mesh, shop_yaml, split, wait_for
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ("frontend", "catalog", "pricing", "inventory")
-
-
-def mesh_yaml(python: str) -> str:
-    docs = ["apiVersion: gossamer.dev/v1alpha1\nkind: Mesh\nmetadata: {name: shop}\n"]
-    for name in SERVICES:
-        extra = "  publish: 0\n" if name == "frontend" else ""
-        docs.append(
-            f"""apiVersion: gossamer.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  command: [{python}, {SHOP / "services" / (name + ".py")}]
-  workingDir: {SHOP}
-  readinessProbe: {{path: /healthz}}
-{extra}"""
-        )
-    return "---\n".join(docs)
+SERVICES = SHOP_SERVICES
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    root = tmp_path_factory.mktemp("live-mesh")
-    file = root / "mesh.yaml"
-    file.write_text(mesh_yaml(sys.executable))
-    m = Mesh(root, file)
-    try:
-        m.up()
+    with running_mesh(tmp_path_factory.mktemp("live-mesh"), shop_yaml(sys.executable)) as m:
         yield m
-    finally:
-        m.down()
-        m.kill_all()
 
 
 @pytest.fixture(scope="module")

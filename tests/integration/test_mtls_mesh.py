@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshlib import SHOP, Load, Mesh, wait_for
+from meshlib import Load, Mesh, shop_yaml, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -17,36 +17,17 @@ TD = "shop.test"  # not the default: `gossamer up` must hand the Mesh's trustDom
 SVID_TTL = "4s"
 
 
-def mesh_yaml(python: str) -> str:
-    docs = [
-        f"""apiVersion: gossamer.dev/v1alpha1
-kind: Mesh
-metadata: {{name: shop}}
-spec: {{trustDomain: {TD}}}
-"""
-    ]
-    for name in ("frontend", "catalog", "pricing", "inventory"):
-        extra = "  publish: 0\n" if name == "frontend" else ""
-        extra += '  env: {FAIL_RATE: "0"}\n' if name == "inventory" else ""
-        extra += "  serviceAccount: prices\n" if name == "pricing" else ""
-        docs.append(
-            f"""apiVersion: gossamer.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  command: [{python}, {SHOP / "services" / (name + ".py")}]
-  workingDir: {SHOP}
-  readinessProbe: {{path: /healthz}}
-{extra}"""
-        )
-    return "---\n".join(docs)
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("mtls")
     file = root / "mesh.yaml"
-    file.write_text(mesh_yaml(sys.executable))
+    file.write_text(
+        shop_yaml(
+            sys.executable,
+            mesh_spec=f"{{trustDomain: {TD}}}",
+            extra={"pricing": "  serviceAccount: prices\n"},
+        )
+    )
     m = Mesh(root, file)
     try:
         m.up("--svid-ttl", SVID_TTL)

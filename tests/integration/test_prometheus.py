@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlib import SHOP, Load, Mesh, wait_for
+from meshlib import SHOP_SERVICES, Load, Mesh, running_mesh, shop_yaml, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,45 +33,14 @@ pytestmark = [
 ]
 
 TD = "shop.test"
-SERVICES = ("frontend", "catalog", "pricing", "inventory")
-
-
-def mesh_yaml(python: str) -> str:
-    docs = [
-        f"""apiVersion: gossamer.dev/v1alpha1
-kind: Mesh
-metadata: {{name: shop}}
-spec: {{trustDomain: {TD}}}
-"""
-    ]
-    for name in SERVICES:
-        extra = "  publish: 0\n" if name == "frontend" else ""
-        extra += '  env: {FAIL_RATE: "0"}\n' if name == "inventory" else ""
-        docs.append(
-            f"""apiVersion: gossamer.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  command: [{python}, {SHOP / "services" / (name + ".py")}]
-  workingDir: {SHOP}
-  readinessProbe: {{path: /healthz}}
-{extra}"""
-        )
-    return "---\n".join(docs)
+SERVICES = SHOP_SERVICES
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    root = tmp_path_factory.mktemp("prom-mesh")
-    file = root / "mesh.yaml"
-    file.write_text(mesh_yaml(sys.executable))
-    m = Mesh(root, file)
-    try:
-        m.up()
+    yaml = shop_yaml(sys.executable, mesh_spec=f"{{trustDomain: {TD}}}")
+    with running_mesh(tmp_path_factory.mktemp("prom-mesh"), yaml) as m:
         yield m
-    finally:
-        m.down()
-        m.kill_all()
 
 
 def free_port() -> int:
