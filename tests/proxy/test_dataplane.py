@@ -989,6 +989,34 @@ def test_drain_finishes_in_flight_requests_with_connection_close() -> None:
     run(main())
 
 
+def test_drain_timeout_answers_what_is_still_waiting_with_503_draining() -> None:
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def handler(seen: Seen) -> bytes:
+            await never.wait()
+            return ok()
+
+        app = await Backend(handler).start()
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("svc")], [cluster("svc", [app.address])])
+        )
+        client = await Client.open(out)
+        client.send(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+        await wait_until(lambda: bool(app.seen))
+        await dp.drain(0.2)
+        # Told why, instead of a bare reset: the upstream had not answered within the drain.
+        r = await client.response()
+        assert (r.status, r.header(b"x-gossamer-flags")) == (503, b"draining")
+        assert r.header(b"connection") == b"close"
+        assert "0.2s drain timeout" in r.body.decode()
+        assert await client.at_eof()
+        client.close()
+        app.close()
+
+    run(main())
+
+
 def test_apply_keeps_old_tables_on_error_and_pools_across_updates() -> None:
     async def main() -> None:
         app = await Backend(lambda s: ok()).start()

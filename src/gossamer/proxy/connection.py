@@ -747,6 +747,32 @@ class DownstreamConnection(asyncio.BaseProtocol):
             return True
         return False
 
+    def drain_expired(self, timeout: float) -> None:
+        """The drain timeout ran out with this connection still busy. A request still waiting for
+        its response is answered 503 `draining` (so the client, the access log and the metrics
+        say why, where a bare reset would say nothing); one whose response is under way is cut
+        and logged with that flag; anything else (half a head) is just closed."""
+        if self.closed:
+            return
+        exchange = self.exchange
+        if exchange is None or self.resp_done:
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if exchange.response_started:
+            self.abort_response(flags.DRAINING)
+            return
+        exchange.on_downstream_lost()  # the access log still reads the exchange below
+        self.req_done = True
+        self.backlog = None
+        self.send_local(
+            flags.DRAINING,
+            f"the proxy is shutting down and its {timeout:g}s drain timeout ran out before "
+            "the upstream answered",
+            close=True,
+        )
+        self.exchange = None
+
     def _close(self) -> None:
         if self.out:
             self.uncork()

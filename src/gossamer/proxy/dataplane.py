@@ -451,8 +451,7 @@ class DataPlane:
             except TimeoutError:
                 for listener in (self.inbound, self.outbound):
                     for conn in list(listener.connections):
-                        if conn.transport is not None:
-                            conn.transport.abort()
+                        conn.drain_expired(timeout)
         for runtime in self.tables.clusters.values():
             runtime.close()
         self.deadlines.close()
