@@ -120,7 +120,9 @@ def conn(outbound: bool = False, head: RequestHead | None = None, **extra: Any) 
         "exchange": None,
         "head": head,
         "original": None,
-        "listener": SimpleNamespace(outbound=outbound),
+        "listener": SimpleNamespace(
+            outbound=outbound, direction="outbound" if outbound else "inbound"
+        ),
         "peer_spiffe_id": None if outbound else "spiffe://td/ns/default/sa/caller",
         "http10": False,
         "bytes_received": 3,
@@ -128,6 +130,11 @@ def conn(outbound: bool = False, head: RequestHead | None = None, **extra: Any) 
         "request_id": b"ab" * 16,
         "source_address": lambda: "127.0.0.1:5555",
         "trace": _context(head),
+        "opened_at": 100.0,
+        "requests": 2,
+        "wire_received": 180,
+        "wire_sent": 260,
+        "mtls": not outbound,
     }
     fields.update(extra)
     return SimpleNamespace(**fields)
@@ -183,11 +190,12 @@ async def test_a_record_has_every_documented_field(tmp_path: Path) -> None:
         "sourceIdentity": "spiffe://td/ns/default/sa/caller",
         "destinationIdentity": "spiffe://td/ns/default/sa/web",
         "sourceAddress": "127.0.0.1:5555",
+        "kind": "request",
     }
     # The control character is escaped by JSON, never written raw into the line.
     assert "\\u0001" in path.read_text()
     assert list(record)[:3] == ["time", "direction", "method"]  # the documented order
-    assert list(record)[-1] == "sourceAddress"
+    assert list(record)[-2:] == ["sourceAddress", "kind"]
     assert all(h.cancelled for _, _, h in clock.timers)  # flushed: no timer left armed
 
 
@@ -301,6 +309,69 @@ async def test_sampling_keeps_every_error_and_flagged_request(tmp_path: Path) ->
         (503, None),
         (302, "redirect"),
         (200, "client-disconnected"),
+    ]
+
+
+async def test_a_connection_line_has_every_documented_field(tmp_path: Path) -> None:
+    access, clock, _, path, _ = make_log(tmp_path)
+    clock.advance(2.5)
+    access.connection(conn(), "client-closed")
+    access.connection(conn(outbound=True), "idle-timeout")
+    access.flush()
+    await settle()
+    inbound, outbound = lines(path)
+    assert inbound == {
+        "time": "2026-11-18T11:06:40.250Z",  # when it was accepted, not when it ended
+        "direction": "inbound",
+        "sourceAddress": "127.0.0.1:5555",
+        "durationMs": 2500.0,
+        "requests": 2,
+        "bytesReceived": 180,
+        "bytesSent": 260,
+        "mtls": True,
+        "sourceIdentity": "spiffe://td/ns/default/sa/caller",
+        "destinationIdentity": "spiffe://td/ns/default/sa/web",
+        "end": "client-closed",
+        "error": None,
+        "kind": "connection",
+    }
+    # Outbound, the app's connection: it is this proxy's identity; its upstreams vary.
+    assert (outbound["sourceIdentity"], outbound["destinationIdentity"]) == (
+        "spiffe://td/ns/default/sa/web",
+        None,
+    )
+    assert (outbound["mtls"], outbound["end"]) == (False, "idle-timeout")
+
+
+async def test_a_refused_connection_names_why(tmp_path: Path) -> None:
+    access, clock, _, path, _ = make_log(tmp_path, sample=0.01)  # refusals are never sampled
+    access.refused(
+        "inbound", "127.0.0.1:4000", clock.now, "tls-handshake-failed", "closed: the peer left"
+    )
+    access.flush()
+    await settle()
+    [record] = lines(path)
+    assert (record["kind"], record["end"], record["error"]) == (
+        "connection",
+        "tls-handshake-failed",
+        "closed: the peer left",
+    )
+    assert (record["requests"], record["mtls"], record["sourceIdentity"]) == (0, True, None)
+
+
+async def test_sampling_keeps_every_connection_that_ended_badly(tmp_path: Path) -> None:
+    access, _, _, path, _ = make_log(tmp_path, sample=0.01, rand=0.5)
+    for end in ("client-closed", "idle-timeout", "connection-close", "proxy-closed"):
+        access.connection(conn(), end)  # ordinary: sampled away
+    for end in ("client-reset", "draining", "bad-request", "upstream-reset"):
+        access.connection(conn(), end)
+    access.flush()
+    await settle()
+    assert [r["end"] for r in lines(path)] == [
+        "client-reset",
+        "draining",
+        "bad-request",
+        "upstream-reset",
     ]
 
 

@@ -1,13 +1,15 @@
 """The access log on real DataPlanes (in-process, uvloop, 127.0.0.1:0) and in `gossamer proxy`.
 
 Sidecars with mTLS come from test_mtls_support.py (a real test CA); each writes its own access log
-file, read after `drain` (which writes what is buffered and closes the file).
+file, read after `drain` (which writes what is buffered and closes the file). Request lines and
+connection lines share the file; `read_log` returns one kind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import struct
 import subprocess
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_dataplane import (
     Backend,
     Client,
@@ -29,7 +32,7 @@ from test_dataplane import (
     vhost,
     wait_until,
 )
-from test_mtls_support import make_pki, sidecar, spiffe
+from test_mtls_support import make_pki, run_tool, sidecar, spiffe
 
 from gossamer import snapshot as snap
 
@@ -37,8 +40,9 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n".encode()
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def read_log(path: Path, kind: str = "request") -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["kind"] == kind]
 
 
 def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identities(
@@ -97,6 +101,27 @@ def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identiti
             assert line["time"].endswith("Z")
         assert outbound["sourceAddress"].startswith("127.0.0.1:")
         assert outbound["durationMs"] >= inbound["durationMs"]
+        # One connection line each: the app's connection to frontend's sidecar (closed by the
+        # drain, the client still holding it) and frontend's mTLS connection into pricing.
+        [out_conn] = read_log(out_log, "connection")
+        [in_conn] = read_log(in_log, "connection")
+        assert (out_conn["direction"], out_conn["mtls"], out_conn["end"]) == (
+            "outbound",
+            False,
+            "draining",
+        )
+        assert out_conn["sourceAddress"] == outbound["sourceAddress"]
+        assert (in_conn["direction"], in_conn["mtls"]) == ("inbound", True)
+        assert in_conn["end"] in ("client-closed", "draining")  # whichever drain came first
+        assert in_conn["sourceIdentity"] == spiffe("frontend")
+        assert in_conn["destinationIdentity"] == spiffe("pricing")
+        for line in (out_conn, in_conn):
+            assert line["requests"] == 1
+            # The head and the 5-byte body each way, counted on the wire (after TLS).
+            assert line["bytesReceived"] > 5 + len("POST /prices/1?x=%20y HTTP/1.1\r\n")
+            assert line["bytesSent"] > 5 + len("HTTP/1.1 200 OK\r\n")
+            assert line["durationMs"] >= inbound["durationMs"]
+            assert line["error"] is None
 
     run(main())
 
@@ -187,6 +212,76 @@ def test_a_request_the_client_abandons_is_logged(tmp_path: Path) -> None:
         assert (record["status"], record["flags"]) == (0, "client-disconnected")
         assert record["path"] == "/slow"
         assert record["upstreamEndpoint"] == app.address
+
+    run(main())
+
+
+def test_connection_lines_say_how_each_connection_ended(tmp_path: Path) -> None:
+    async def main() -> None:
+        app = await Backend(echo).start()
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
+            access_log=str(log_file),
+            downstream_idle_timeout=0.2,
+        )
+        closes = await Client.open(out)  # two requests, then closes between requests
+        for _ in range(2):
+            assert (await closes.request(b"/", b"pricing")).status == 200
+        closes.close()
+        asks = await Client.open(out)  # asks for `connection: close`
+        r = await asks.request(b"/", b"pricing", headers=b"connection: close\r\n")
+        assert r.status == 200
+        assert await asks.at_eof()
+        garbage = await Client.open(out)  # sends no HTTP: answered 400, closed
+        garbage.send(b"HELLO\r\n\r\n")
+        assert (await garbage.response()).status == 400
+        assert await garbage.at_eof()
+        idle = await Client.open(out)  # says nothing: cut at the idle timeout
+        assert (await idle.request(b"/", b"pricing")).status == 200
+        assert await idle.at_eof()
+        await wait_until(lambda: dp.open_connections() == 0)
+        await dp.drain(1.0)
+        ends = sorted((c["end"], c["requests"]) for c in read_log(log_file, "connection"))
+        assert ends == [
+            ("bad-request", 0),
+            ("client-closed", 2),
+            ("connection-close", 1),
+            ("idle-timeout", 1),
+        ]
+        assert len(read_log(log_file)) == 5  # the request lines are all there too
+
+    run(main())
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+def test_connections_refused_before_any_request_are_logged_with_why(tmp_path: Path) -> None:
+    """A STRICT listener: curl in plaintext (mtls-required) and over TLS without a client
+    certificate (the handshake fails) leave one connection line each, naming why."""
+
+    async def main() -> None:
+        pki = make_pki(tmp_path / "pki")
+        app = await Backend(echo).start()
+        log_file = tmp_path / "pricing.access.log"
+        pricing, inbound, _, _ = await sidecar(
+            pki, "pricing", "STRICT", app_port=app.port, access_log=str(log_file)
+        )
+        rc, out, err = await run_tool("curl", "-sS", "-i", f"http://{inbound}/")
+        assert rc == 0, err
+        assert out.startswith("HTTP/1.1 400")
+        rc, _, _ = await run_tool("curl", "-sS", "-k", f"https://{inbound}/")
+        assert rc != 0
+        await pricing.drain(1.0)
+        plain, tls = read_log(log_file, "connection")
+        assert (plain["end"], plain["mtls"], plain["requests"]) == ("mtls-required", False, 0)
+        assert plain["error"] == "plaintext on a STRICT mTLS listener"
+        assert (tls["end"], tls["mtls"]) == ("tls-handshake-failed", True)
+        assert tls["error"].startswith("no-client-cert: ")
+        for line in (plain, tls):
+            assert line["sourceAddress"].startswith("127.0.0.1:")
+            assert line["destinationIdentity"] == spiffe("pricing")
+        assert read_log(log_file) == []  # no request reached the app
+        assert app.seen == []
 
     run(main())
 

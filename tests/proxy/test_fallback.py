@@ -7,10 +7,10 @@ by swapping the rule's cache clock for a fake one; nothing waits for max_stale t
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
+from test_access_log_dataplane import read_log
 from test_dataplane import (
     Backend,
     Client,
@@ -461,7 +461,7 @@ def test_a_backend_fallback_after_a_timeout_gets_its_own_request_timeout(tmp_pat
         assert len(lite.seen) == 1
         assert fallbacks(registry, "backend", "timeout") == 1
         await dp.drain(1.0)
-        (line,) = [json.loads(text) for text in log_file.read_text().splitlines()]
+        (line,) = read_log(log_file)
         assert line["flags"] == "fallback,timeout"
         assert line["durationMs"] >= 300.0
 
@@ -518,8 +518,7 @@ def test_the_access_log_shows_the_fallback_status_and_flag(tmp_path: Path) -> No
         assert (await client2.request(b"/y", b"pricing")).status == 200
         await dp.drain(1.0)
         await dp2.drain(1.0)
-        lines = [json.loads(line) for line in log_file.read_text().splitlines()]
-        by_path = {line["path"]: line for line in lines}
+        by_path = {line["path"]: line for line in read_log(log_file)}
         backend, static = by_path["/x"], by_path["/y"]
         assert (backend["status"], backend["flags"]) == (200, "fallback,connect-failure")
         assert backend["upstreamCluster"] == "lite.default"

@@ -4,12 +4,12 @@ OTLP receiver gets (http/protobuf and gRPC), sampling, kept errors and the acces
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from test_access_log_dataplane import read_log
 from test_dataplane import (
     Backend,
     Client,
@@ -302,8 +302,7 @@ def test_access_log_trace_id_is_the_parsed_context(tmp_path: Path) -> None:
         spans = await asyncio.to_thread(receiver.wait, 2)
         client.close()
         await front.drain(1.0)
-        lines = [json.loads(line) for line in log.read_text().splitlines()]
-        by_path = {rec["path"]: rec for rec in lines}
+        by_path = {rec["path"]: rec for rec in read_log(log)}
         assert by_path["/b3"]["traceId"] == TRACE.decode()
         new = next(s for s in spans if s.attributes["url.path"] == "/new")
         assert by_path["/new"]["traceId"] == new.trace_id

@@ -1,19 +1,23 @@
-"""The sidecar's JSON access log: one line per request, built cheaply, written in batches.
+"""The sidecar's JSON access log: one line per request and per connection, written in batches.
 
 `AccessLog.request(conn, status, flag)` is called by the downstream connection once per request
-it finished (answered, answered locally, cut off, or abandoned by the client); docs/access-log.md
-documents every field. Records are msgspec Structs encoded straight into one bytearray. That
-buffer goes to the file (or stdout) in batches: when it passes `FLUSH_BYTES`, or `FLUSH_INTERVAL`
-seconds after its first line, and at close (drain). The write itself runs on one worker thread,
-so neither a slow disk nor a stdout pipe nobody reads can stall the event loop; while a write is
-under way lines keep collecting, up to `MAX_PENDING_BYTES`, past which they are dropped and
-counted. A failed write (disk full) drops its batch, counts the lines and logs one warning per
-run of failures; the proxy goes on serving.
+it finished (answered, answered locally, cut off, or abandoned by the client), and
+`AccessLog.connection(conn, end)` once per client connection when it ends (how it ended, its
+requests and bytes); `AccessLog.refused(...)` logs one that never carried a request (a failed
+mTLS handshake, a plaintext client refused by a STRICT listener). docs/access-log.md documents
+every field. Records are msgspec Structs encoded straight into one bytearray. That buffer goes to
+the file (or stdout) in batches: when it passes `FLUSH_BYTES`, or `FLUSH_INTERVAL` seconds after
+its first line, and at close (drain). The write itself runs on one worker thread, so neither a
+slow disk nor a stdout pipe nobody reads can stall the event loop; while a write is under way
+lines keep collecting, up to `MAX_PENDING_BYTES`, past which they are dropped and counted. A
+failed write (disk full) drops its batch, counts the lines and logs one warning per run of
+failures; the proxy goes on serving.
 
-Time: the record's `time` is when the request head arrived, on the wall clock. It is the event
-loop's clock (which the duration comes from too) plus an offset to the wall clock that is read
-again (`time.time()`) at each flush, so a request costs no wall-clock read and no datetime object;
-the second part of the timestamp is formatted once per second.
+Time: the record's `time` is when the request head arrived (a connection's: when it was
+accepted), on the wall clock. It is the event loop's clock (which the duration comes from too)
+plus an offset to the wall clock that is read again (`time.time()`) at each flush, so a request
+costs no wall-clock read and no datetime object; the second part of the timestamp is formatted
+once per second.
 """
 
 from __future__ import annotations
@@ -58,8 +62,22 @@ class AccessLogError(Exception):
     """The access log cannot be opened; the message is one line naming the path."""
 
 
+# How a connection ended (`end` of a connection line). The first ones are ordinary and sampled
+# like ordinary requests; the rest are always logged.
+END_CLIENT_CLOSED = "client-closed"  # the client closed it (between requests, as a rule)
+END_IDLE_TIMEOUT = "idle-timeout"  # idle longer than the downstream idle timeout
+END_CONNECTION_CLOSE = "connection-close"  # a request or response asked for `connection: close`
+END_PROXY_CLOSED = "proxy-closed"  # the proxy closed it for another reason
+END_CLIENT_RESET = "client-reset"  # the client reset it (or the socket failed)
+END_DRAINING = "draining"  # closed by the proxy's drain
+END_TLS_FAILED = "tls-handshake-failed"  # the mTLS handshake failed or the peer's ID was bad
+ORDINARY_ENDS = frozenset(
+    {END_CLIENT_CLOSED, END_IDLE_TIMEOUT, END_CONNECTION_CLOSE, END_PROXY_CLOSED}
+)
+
+
 class AccessRecord(msgspec.Struct, rename="camel"):
-    """One line of the access log (docs/access-log.md), in this key order."""
+    """One request's line of the access log (docs/access-log.md), in this key order."""
 
     time: str
     direction: str
@@ -80,6 +98,25 @@ class AccessRecord(msgspec.Struct, rename="camel"):
     source_identity: str | None
     destination_identity: str | None
     source_address: str | None
+    kind: str = "request"
+
+
+class ConnectionRecord(msgspec.Struct, rename="camel"):
+    """One client connection's line (docs/access-log.md), in this key order."""
+
+    time: str
+    direction: str
+    source_address: str | None
+    duration_ms: float
+    requests: int
+    bytes_received: int
+    bytes_sent: int
+    mtls: bool
+    source_identity: str | None
+    destination_identity: str | None
+    end: str
+    error: str | None
+    kind: str = "connection"
 
 
 def open_target(target: str) -> int:
@@ -254,6 +291,60 @@ class AccessLog:
             conn.source_address(),
         )
         self.append(record)
+
+    def connection(
+        self,
+        conn: DownstreamConnection,
+        end: str,
+        error: str | None = None,
+    ) -> None:
+        """Log the client connection `conn`, which just ended (`end`: one of the END_ names)."""
+        if end in ORDINARY_ENDS and self.sample < 1.0 and self.rand() >= self.sample:
+            return
+        own = self.own_identity()
+        if conn.listener.outbound:
+            source, destination = own, None  # the app's connection: its upstreams vary
+        else:
+            source, destination = conn.peer_spiffe_id, own
+        started = conn.opened_at
+        self.append(
+            ConnectionRecord(
+                self.timestamp(started),
+                conn.listener.direction,
+                conn.source_address(),
+                int((self.loop.time() - started) * 1e6) / 1000.0,
+                conn.requests,
+                conn.wire_received,
+                conn.wire_sent,
+                conn.mtls,
+                source,
+                destination,
+                end,
+                error,
+            )
+        )
+
+    def refused(
+        self, direction: str, source_address: str | None, started: float, end: str, error: str
+    ) -> None:
+        """Log a connection the proxy ended before it carried HTTP (a failed mTLS handshake, a
+        plaintext client on a STRICT listener); always logged, never sampled."""
+        self.append(
+            ConnectionRecord(
+                self.timestamp(started),
+                direction,
+                source_address,
+                int((self.loop.time() - started) * 1e6) / 1000.0,
+                0,
+                0,
+                0,
+                end == END_TLS_FAILED,
+                None,
+                self.own_identity() if direction == "inbound" else None,
+                end,
+                error,
+            )
+        )
 
     def timestamp(self, loop_time: float) -> str:
         """RFC 3339 UTC with milliseconds for a time on the loop's clock."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from gossamer.http.errors import ProtocolError
 from gossamer.http.http1 import (
@@ -27,7 +27,15 @@ from gossamer.http.http1 import (
 )
 from gossamer.http.message import RequestHead, ResponseHead
 from gossamer.proxy import flags
-from gossamer.proxy.accesslog import CLIENT_DISCONNECTED
+from gossamer.proxy.accesslog import (
+    CLIENT_DISCONNECTED,
+    END_CLIENT_CLOSED,
+    END_CLIENT_RESET,
+    END_CONNECTION_CLOSE,
+    END_DRAINING,
+    END_IDLE_TIMEOUT,
+    END_PROXY_CLOSED,
+)
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.golden import response_flag
 from gossamer.telemetry.metrics import CounterChild
@@ -65,6 +73,8 @@ _random_bits = random.Random().getrandbits
 class DownstreamConnection(asyncio.BaseProtocol):
     """One client connection; see the module docstring."""
 
+    mtls: ClassVar[bool] = False  # True for a connection that completed the mTLS handshake
+
     __slots__ = (
         "_source_address",
         "access",
@@ -74,6 +84,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         "client_ip",
         "closed",
         "corked",
+        "end",
         "exchange",
         "golden",
         "head",
@@ -83,6 +94,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         "keep_alive",
         "listener",
         "loop",
+        "opened_at",
         "original",
         "out",
         "out_chunked",
@@ -93,11 +105,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
         "read_paused",
         "req_done",
         "request_id",
+        "requests",
         "resp_done",
         "resp_flag",
         "timer",
         "trace",
         "transport",
+        "wire_received",
+        "wire_sent",
         "write_paused",
         "xfcc_field",
         "xff_field",
@@ -153,6 +168,13 @@ class DownstreamConnection(asyncio.BaseProtocol):
         self.bytes_sent = 0
         self.peer: object = None
         self._source_address: str | None = None
+        # For the connection's access-log line: requests started, bytes on the wire (heads
+        # included, after TLS), and why it ended, when the proxy ended it (None: the client did).
+        self.opened_at = 0.0
+        self.requests = 0
+        self.wire_received = 0
+        self.wire_sent = 0
+        self.end: str | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -169,12 +191,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
         listener.stats.total.inc()
         self.golden.opened.value += 1.0
         now = self.loop.time()
+        self.opened_at = now
         self.idle_since = now
         self.head_started = now  # a new connection must send its first head in time
         self.timer = self.loop.call_later(listener.timer_period, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         self.golden.received.value += len(data)
+        self.wire_received += len(data)
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
@@ -197,6 +221,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        we_closed = self.closed
         self.closed = True
         listener = self.listener
         listener.connections.discard(self)
@@ -218,6 +243,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
                     self.trace.finish(self, status, CLIENT_DISCONNECTED)
             self.exchange = None
             exchange.on_downstream_lost()
+        if self.access is not None:
+            end = self.end
+            if end is None:
+                if exc is not None:
+                    end = END_CLIENT_RESET
+                else:
+                    end = END_PROXY_CLOSED if we_closed else END_CLIENT_CLOSED
+            self.access.connection(self, end)
         listener.on_connection_closed()
 
     def pause_writing(self) -> None:
@@ -241,6 +274,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         # less is measurable at these rates.
         listener = self.listener
         self.head = head
+        self.requests += 1
         self.bytes_received = self.bytes_sent = 0
         self.head_started = 0.0
         self.req_done = body_length == 0
@@ -298,6 +332,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
                 assert self.transport is not None
                 self.transport.write(_CONTINUE)
                 self.golden.sent.value += len(_CONTINUE)
+                self.wire_sent += len(_CONTINUE)
             del headers[expect]
         if xfcc and not listener.outbound:
             # Only this sidecar vouches for a caller's certificate: a client (plaintext or not)
@@ -503,6 +538,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         self.keep_alive = keep
         data = serialize_response_head(head, body_length, keep)
         self.golden.sent.value += len(data)
+        self.wire_sent += len(data)
         if head.status >= 400:  # an error may carry a peer sidecar's flag: the metrics show it
             self.resp_flag = response_flag(data)
         if self.corked:
@@ -516,9 +552,11 @@ class DownstreamConnection(asyncio.BaseProtocol):
         self.bytes_sent += len(data)
         if self.out_chunked:
             prefix = chunk_prefix(len(data))
-            self.golden.sent.value += len(prefix) + len(data) + 2
+            size = len(prefix) + len(data) + 2
         else:
-            self.golden.sent.value += len(data)
+            size = len(data)
+        self.golden.sent.value += size
+        self.wire_sent += size
         if self.corked:
             if self.out_chunked:
                 self.out += (prefix, data, CRLF)
@@ -536,6 +574,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
     def send_response_end(self) -> None:
         if self.out_chunked:
             self.golden.sent.value += len(LAST_CHUNK)
+            self.wire_sent += len(LAST_CHUNK)
             if self.corked:
                 self.out.append(LAST_CHUNK)
             elif self.transport is not None:
@@ -557,7 +596,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         if self.req_done:
             self._cycle_done()
         elif not self.keep_alive:
-            self._close()
+            self._close(self._close_end())
 
     def send_local(
         self,
@@ -570,6 +609,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
     ) -> None:
         keep = self.keep_alive and not close and not self.listener.dataplane.draining
         self.keep_alive = keep
+        if close and self.end is None:
+            self.end = flag  # the connection closes because of this error
         self.listener.stats.local_child(flag).inc()
         data = flags.local_response(
             flag,
@@ -585,6 +626,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         elif self.transport is not None:
             self.transport.write(data)
         self.golden.sent.value += len(data)
+        self.wire_sent += len(data)
         self.bytes_sent += len(data) - data.find(b"\r\n\r\n") - 4  # the body only
         status = status or flags.STATUS.get(flag, 500)
         access = self.access
@@ -600,7 +642,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
         if self.req_done:
             self._cycle_done()
         elif not keep:
-            self._close()
+            self._close(flag if close else self._close_end())
 
     def cork(self) -> None:
         self.corked = True
@@ -635,6 +677,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
             # keep its cluster request slot and its upstream connection for good.
             exchange.on_downstream_lost()
         self.out.clear()
+        if self.end is None:
+            self.end = flag
         if self.transport is not None:
             self.transport.abort()
 
@@ -654,7 +698,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
     def _cycle_done(self) -> None:
         self.exchange = None
         if not self.keep_alive:
-            self._close()
+            self._close(self._close_end())
             return
         self.idle_since = self.loop.time()
         if self.listener.dataplane.draining:
@@ -710,7 +754,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
             if self.head_started and self.resp_done:
                 self._header_timeout()
             else:
-                self._close()
+                self._close(END_IDLE_TIMEOUT)
             return
         self.timer = self.loop.call_later(min(deadline - now, period), self._on_timer)
 
@@ -743,7 +787,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
     def close_if_idle(self) -> bool:
         """Close now if no request is under way (used by drain)."""
         if self.exchange is None and self.backlog is None and not self.parser.in_message:
-            self._close()
+            self._close(END_DRAINING)
             return True
         return False
 
@@ -756,6 +800,7 @@ class DownstreamConnection(asyncio.BaseProtocol):
             return
         exchange = self.exchange
         if exchange is None or self.resp_done:
+            self.end = END_DRAINING
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -773,7 +818,13 @@ class DownstreamConnection(asyncio.BaseProtocol):
         )
         self.exchange = None
 
-    def _close(self) -> None:
+    def _close_end(self) -> str:
+        """Why a connection closes after its response when no error made it close."""
+        return END_DRAINING if self.listener.dataplane.draining else END_CONNECTION_CLOSE
+
+    def _close(self, end: str) -> None:
+        if self.end is None:
+            self.end = end
         if self.out:
             self.uncork()
         if self.transport is not None and not self.closed:

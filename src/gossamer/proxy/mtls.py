@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gossamer.proxy import flags
+from gossamer.proxy.accesslog import END_TLS_FAILED
 from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.upstream import TlsBufferedReads, TlsConnectError, TlsReadBuffer
 from gossamer.security.tls import (
@@ -438,6 +439,8 @@ class MtlsDownstreamConnection(DownstreamConnection, TlsBufferedReads):
 
     __slots__ = ("_state", "rejected")
 
+    mtls = True
+
     def buffer_updated(self, nbytes: int) -> None:
         if not self.rejected:
             DownstreamConnection.data_received(self, bytes(TlsReadBuffer.view[:nbytes]))
@@ -464,6 +467,15 @@ class MtlsDownstreamConnection(DownstreamConnection, TlsBufferedReads):
                     _peer_text(transport),
                     exc,
                     _more(held),
+                )
+            access = self.listener.access_log
+            if access is not None:
+                access.refused(
+                    "inbound",
+                    _peer_text(transport),
+                    self.loop.time(),
+                    END_TLS_FAILED,
+                    f"bad-identity: {exc}",
                 )
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -587,6 +599,7 @@ class InboundAcceptor:
         loop = self.loop
         listener = self.listener
         timeout = listener.settings.header_timeout
+        started = loop.time()
         handed = False
         try:
             conn.setblocking(False)
@@ -600,6 +613,7 @@ class InboundAcceptor:
                 ctx = state.server
                 if ctx is None:
                     state.count_handshake("inbound", "no-svid")
+                    self._log_refused(peer, started, END_TLS_FAILED, "no-svid: no SVID yet")
                     held = state.inbound_log.due("no-svid")
                     if held is not None:
                         log.warning(
@@ -620,6 +634,7 @@ class InboundAcceptor:
                 except (OSError, TimeoutError, EOFError) as exc:
                     result, text = classify(exc)
                     state.count_handshake("inbound", result)
+                    self._log_refused(peer, started, END_TLS_FAILED, f"{result}: {text}")
                     held = state.inbound_log.due(result)
                     if held is not None:
                         log.warning(
@@ -634,6 +649,9 @@ class InboundAcceptor:
                 return
             if mode == _STRICT:
                 await self._refuse_plaintext(conn)
+                self._log_refused(
+                    peer, started, flags.MTLS_REQUIRED, "plaintext on a STRICT mTLS listener"
+                )
                 return
             handed = True
             await loop.connect_accepted_socket(
@@ -646,6 +664,11 @@ class InboundAcceptor:
         finally:
             if not handed and conn.fileno() >= 0:
                 conn.close()
+
+    def _log_refused(self, peer: Any, started: float, end: str, error: str) -> None:
+        access = self.listener.access_log
+        if access is not None:
+            access.refused("inbound", _addr_text(peer), started, end, error)
 
     async def _peek(self, conn: socket.socket, timeout: float) -> bytes:  # noqa: ASYNC109
         """The first byte (not consumed), b"" on EOF, error or timeout."""
