@@ -361,7 +361,7 @@ async def test_a_refused_connection_names_why(tmp_path: Path) -> None:
 
 async def test_sampling_keeps_every_connection_that_ended_badly(tmp_path: Path) -> None:
     access, _, _, path, _ = make_log(tmp_path, sample=0.01, rand=0.5)
-    for end in ("client-closed", "idle-timeout", "connection-close", "proxy-closed"):
+    for end in ("client-closed", "idle-timeout", "connection-close"):
         access.connection(conn(), end)  # ordinary: sampled away
     for end in ("client-reset", "draining", "bad-request", "upstream-reset"):
         access.connection(conn(), end)

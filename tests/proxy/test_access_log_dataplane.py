@@ -32,7 +32,7 @@ from test_dataplane import (
     vhost,
     wait_until,
 )
-from test_mtls_support import make_pki, run_tool, sidecar, spiffe
+from test_mtls_support import make_pki, open_tls, run_tool, sidecar, spiffe, tls_client_context
 
 from gossamer import snapshot as snap
 
@@ -256,8 +256,9 @@ def test_connection_lines_say_how_each_connection_ended(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
 def test_connections_refused_before_any_request_are_logged_with_why(tmp_path: Path) -> None:
-    """A STRICT listener: curl in plaintext (mtls-required) and over TLS without a client
-    certificate (the handshake fails) leave one connection line each, naming why."""
+    """A STRICT listener: a client that leaves at once, curl in plaintext (mtls-required) and curl
+    over TLS without a client certificate (the handshake fails) leave one connection line each,
+    naming why."""
 
     async def main() -> None:
         pki = make_pki(tmp_path / "pki")
@@ -266,22 +267,81 @@ def test_connections_refused_before_any_request_are_logged_with_why(tmp_path: Pa
         pricing, inbound, _, _ = await sidecar(
             pki, "pricing", "STRICT", app_port=app.port, access_log=str(log_file)
         )
+        silent = await Client.open(inbound)  # connects and leaves without a byte
+        silent.close()
         rc, out, err = await run_tool("curl", "-sS", "-i", f"http://{inbound}/")
         assert rc == 0, err
         assert out.startswith("HTTP/1.1 400")
         rc, _, _ = await run_tool("curl", "-sS", "-k", f"https://{inbound}/")
         assert rc != 0
+        acceptor = pricing.inbound.acceptor
+        assert acceptor is not None
+        await wait_until(lambda: not acceptor.tasks)  # every connection looked at and handed on
         await pricing.drain(1.0)
-        plain, tls = read_log(log_file, "connection")
+        left, plain, tls = read_log(log_file, "connection")
         assert (plain["end"], plain["mtls"], plain["requests"]) == ("mtls-required", False, 0)
         assert plain["error"] == "plaintext on a STRICT mTLS listener"
+        assert plain["bytesReceived"] > len("GET / HTTP/1.1\r\n")  # curl's head, read and dropped
+        assert plain["bytesSent"] > len("HTTP/1.1 400 Bad Request\r\n")
         assert (tls["end"], tls["mtls"]) == ("tls-handshake-failed", True)
         assert tls["error"].startswith("no-client-cert: ")
-        for line in (plain, tls):
+        assert (left["end"], left["mtls"], left["error"]) == ("client-closed", False, None)
+        for line in (plain, tls, left):
             assert line["sourceAddress"].startswith("127.0.0.1:")
             assert line["destinationIdentity"] == spiffe("pricing")
         assert read_log(log_file) == []  # no request reached the app
         assert app.seen == []
+
+    run(main())
+
+
+def test_the_drain_timeout_leaves_every_line_even_for_mtls_and_stuck_clients(
+    tmp_path: Path,
+) -> None:
+    """At the drain timeout: an mTLS request still waiting is answered 503 `draining` and both its
+    lines are written (TLS delivers connection_lost late); a client that stopped reading a big
+    response (closed gently, never emptied) is cut, and logged, rather than left open."""
+
+    big = b"x" * 3_000_000
+
+    def handler(seen: Seen) -> bytes | None:
+        if seen.url == b"/big":
+            return ok(big)
+        return None  # /hang: never answered
+
+    async def main() -> None:
+        pki = make_pki(tmp_path / "pki")
+        app = await Backend(handler).start()
+        log_file = tmp_path / "pricing.access.log"
+        pricing, pricing_in, _, _ = await sidecar(
+            pki, "pricing", "STRICT", app_port=app.port, access_log=str(log_file)
+        )
+        front, _, out, _ = await sidecar(
+            pki,
+            "frontend",
+            "STRICT",
+            vhosts=[vhost("pricing")],
+            clusters=[cluster("pricing", [pricing_in])],
+            identities={"pricing": [spiffe("pricing")]},
+        )
+        hang = await Client.open(out)
+        hang.send(b"GET /hang HTTP/1.1\r\nhost: pricing\r\n\r\n")
+        # A caller straight to pricing that asks for a big response and never reads it.
+        stuck = await open_tls(pricing_in, tls_client_context(pki.svid("frontend"), pki.bundle_pem))
+        stuck.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.send(b"GET /big HTTP/1.1\r\nhost: pricing\r\nconnection: close\r\n\r\n")
+        await wait_until(lambda: len(app.seen) == 2)
+        await pricing.drain(0.3)
+        assert pricing.open_connections() == 0
+        requests = {r["path"]: r for r in read_log(log_file)}
+        assert (requests["/hang"]["status"], requests["/hang"]["flags"]) == (503, "draining")
+        connections = read_log(log_file, "connection")
+        assert len(connections) == 2, connections  # frontend's and the stuck caller's
+        assert {c["end"] for c in connections} == {"draining"}
+        assert all(c["mtls"] and c["sourceIdentity"] == spiffe("frontend") for c in connections)
+        await front.drain(0.3)
+        hang.close()
+        stuck.close()
 
     run(main())
 

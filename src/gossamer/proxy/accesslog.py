@@ -67,13 +67,10 @@ class AccessLogError(Exception):
 END_CLIENT_CLOSED = "client-closed"  # the client closed it (between requests, as a rule)
 END_IDLE_TIMEOUT = "idle-timeout"  # idle longer than the downstream idle timeout
 END_CONNECTION_CLOSE = "connection-close"  # a request or response asked for `connection: close`
-END_PROXY_CLOSED = "proxy-closed"  # the proxy closed it for another reason
 END_CLIENT_RESET = "client-reset"  # the client reset it (or the socket failed)
 END_DRAINING = "draining"  # closed by the proxy's drain
 END_TLS_FAILED = "tls-handshake-failed"  # the mTLS handshake failed or the peer's ID was bad
-ORDINARY_ENDS = frozenset(
-    {END_CLIENT_CLOSED, END_IDLE_TIMEOUT, END_CONNECTION_CLOSE, END_PROXY_CLOSED}
-)
+ORDINARY_ENDS = frozenset({END_CLIENT_CLOSED, END_IDLE_TIMEOUT, END_CONNECTION_CLOSE})
 
 
 class AccessRecord(msgspec.Struct, rename="camel"):
@@ -325,10 +322,20 @@ class AccessLog:
         )
 
     def refused(
-        self, direction: str, source_address: str | None, started: float, end: str, error: str
+        self,
+        direction: str,
+        source_address: str | None,
+        started: float,
+        end: str,
+        error: str | None,
+        received: int = 0,
+        sent: int = 0,
     ) -> None:
-        """Log a connection the proxy ended before it carried HTTP (a failed mTLS handshake, a
-        plaintext client on a STRICT listener); always logged, never sampled."""
+        """Log a connection that ended before it carried HTTP (a failed mTLS handshake, a
+        plaintext client on a STRICT listener, a client that left at once), sampled like
+        `connection`."""
+        if end in ORDINARY_ENDS and self.sample < 1.0 and self.rand() >= self.sample:
+            return
         self.append(
             ConnectionRecord(
                 self.timestamp(started),
@@ -336,8 +343,8 @@ class AccessLog:
                 source_address,
                 int((self.loop.time() - started) * 1e6) / 1000.0,
                 0,
-                0,
-                0,
+                received,
+                sent,
                 end == END_TLS_FAILED,
                 None,
                 self.own_identity() if direction == "inbound" else None,

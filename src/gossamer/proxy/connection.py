@@ -34,7 +34,7 @@ from gossamer.proxy.accesslog import (
     END_CONNECTION_CLOSE,
     END_DRAINING,
     END_IDLE_TIMEOUT,
-    END_PROXY_CLOSED,
+    ORDINARY_ENDS,
 )
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.golden import response_flag
@@ -191,7 +191,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
         listener.stats.total.inc()
         self.golden.opened.value += 1.0
         now = self.loop.time()
-        self.opened_at = now
+        if not self.opened_at:  # an mTLS connection's was set at accept, before the handshake
+            self.opened_at = now
         self.idle_since = now
         self.head_started = now  # a new connection must send its first head in time
         self.timer = self.loop.call_later(listener.timer_period, self._on_timer)
@@ -217,11 +218,12 @@ class DownstreamConnection(asyncio.BaseProtocol):
         # A client that half-closes after its request still gets the response, then we close.
         if self.exchange is not None:
             self.keep_alive = False
+            if self.end is None:
+                self.end = END_CLIENT_CLOSED  # it closed first; we close after the response
             return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        we_closed = self.closed
         self.closed = True
         listener = self.listener
         listener.connections.discard(self)
@@ -245,11 +247,8 @@ class DownstreamConnection(asyncio.BaseProtocol):
             exchange.on_downstream_lost()
         if self.access is not None:
             end = self.end
-            if end is None:
-                if exc is not None:
-                    end = END_CLIENT_RESET
-                else:
-                    end = END_PROXY_CLOSED if we_closed else END_CLIENT_CLOSED
+            if end is None:  # the proxy sets `end` whenever it closes: the client did
+                end = END_CLIENT_RESET if exc is not None else END_CLIENT_CLOSED
             self.access.connection(self, end)
         listener.on_connection_closed()
 
@@ -796,11 +795,14 @@ class DownstreamConnection(asyncio.BaseProtocol):
         its response is answered 503 `draining` (so the client, the access log and the metrics
         say why, where a bare reset would say nothing); one whose response is under way is cut
         and logged with that flag; anything else (half a head) is just closed."""
-        if self.closed:
-            return
-        exchange = self.exchange
-        if exchange is None or self.resp_done:
+        if self.end is None or self.end in ORDINARY_ENDS:
+            # An ordinary close under way (its buffered bytes unread) did not finish: the drain
+            # ends it. An error's own reason stays.
             self.end = END_DRAINING
+        exchange = self.exchange
+        if self.closed or exchange is None or self.resp_done:
+            # Closed gently already (close() waits for the client to read what is buffered) or
+            # between requests: nothing more will be said, and the drain ends now.
             if self.transport is not None:
                 self.transport.abort()
             return

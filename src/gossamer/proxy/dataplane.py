@@ -29,6 +29,10 @@ from gossamer.security.tls import SvidFiles, TlsConfigError
 from gossamer.snapshot import Snapshot
 from gossamer.telemetry.metrics import Registry
 
+# After the drain timeout: how long the connections cut then get to close (and be logged) before
+# the ones still open are aborted.
+DRAIN_GRACE = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
@@ -452,6 +456,15 @@ class DataPlane:
                 for listener in (self.inbound, self.outbound):
                     for conn in list(listener.connections):
                         conn.drain_expired(timeout)
+                # Their connection_lost (which writes their access-log lines) comes a few loop
+                # turns later, later still for TLS; a 503 that cannot be written is cut.
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.drained), DRAIN_GRACE)
+                except TimeoutError:
+                    for listener in (self.inbound, self.outbound):
+                        for conn in list(listener.connections):
+                            if conn.transport is not None:
+                                conn.transport.abort()
         for runtime in self.tables.clusters.values():
             runtime.close()
         self.deadlines.close()

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gossamer.proxy import flags
-from gossamer.proxy.accesslog import END_TLS_FAILED
+from gossamer.proxy.accesslog import (
+    END_CLIENT_CLOSED,
+    END_CLIENT_RESET,
+    END_DRAINING,
+    END_TLS_FAILED,
+)
 from gossamer.proxy.connection import DownstreamConnection
 from gossamer.proxy.upstream import TlsBufferedReads, TlsConnectError, TlsReadBuffer
 from gossamer.security.tls import (
@@ -445,10 +450,11 @@ class MtlsDownstreamConnection(DownstreamConnection, TlsBufferedReads):
         if not self.rejected:
             DownstreamConnection.data_received(self, bytes(TlsReadBuffer.view[:nbytes]))
 
-    def __init__(self, listener: Listener, state: TlsState) -> None:
+    def __init__(self, listener: Listener, state: TlsState, accepted: float) -> None:
         super().__init__(listener)
         self.rejected = False
         self._state = state
+        self.opened_at = accepted  # before the handshake, which connection_made follows
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio and uvloop call this as soon as the handshake completes, before any data, and
@@ -473,7 +479,7 @@ class MtlsDownstreamConnection(DownstreamConnection, TlsBufferedReads):
                 access.refused(
                     "inbound",
                     _peer_text(transport),
-                    self.loop.time(),
+                    self.opened_at,
                     END_TLS_FAILED,
                     f"bad-identity: {exc}",
                 )
@@ -500,8 +506,9 @@ class PlainSniffedConnection(DownstreamConnection):
 
     __slots__ = ()
 
-    def __init__(self, listener: Listener, state: TlsState) -> None:
+    def __init__(self, listener: Listener, state: TlsState, accepted: float) -> None:
         super().__init__(listener)
+        self.opened_at = accepted
         state.metrics.inbound_connections_tls.labels("plaintext").inc()
         self.peer_requests = state.peer_counter("none")
 
@@ -605,8 +612,13 @@ class InboundAcceptor:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             first = await self._peek(conn, timeout)
-            if not first:
-                return  # closed, or no byte within the header timeout
+            if not first:  # closed, or no byte within the header timeout
+                if first is None:
+                    why = f"no byte within the {timeout:g}s header timeout"
+                    self._log_refused(peer, started, flags.HEADER_TIMEOUT, why)
+                else:
+                    self._log_refused(peer, started, END_CLIENT_CLOSED, None)
+                return
             state = self.state
             mode = state.mode
             if first[0] == TLS_HANDSHAKE and mode in (_STRICT, _PERMISSIVE):
@@ -626,7 +638,7 @@ class InboundAcceptor:
                 handed = True
                 try:
                     await loop.connect_accepted_socket(
-                        lambda: MtlsDownstreamConnection(listener, state),
+                        lambda: MtlsDownstreamConnection(listener, state, started),
                         conn,
                         ssl=ctx,
                         ssl_handshake_timeout=timeout,
@@ -648,30 +660,47 @@ class InboundAcceptor:
                         conn.close()
                 return
             if mode == _STRICT:
-                await self._refuse_plaintext(conn)
+                received, sent = await self._refuse_plaintext(conn)
                 self._log_refused(
-                    peer, started, flags.MTLS_REQUIRED, "plaintext on a STRICT mTLS listener"
+                    peer,
+                    started,
+                    flags.MTLS_REQUIRED,
+                    "plaintext on a STRICT mTLS listener",
+                    received,
+                    sent,
                 )
                 return
             handed = True
             await loop.connect_accepted_socket(
-                lambda: PlainSniffedConnection(listener, state), conn
+                lambda: PlainSniffedConnection(listener, state, started), conn
             )
         except asyncio.CancelledError:
+            if not handed:
+                self._log_refused(peer, started, END_DRAINING, None)
             raise
-        except OSError:
-            return  # the client went away while we looked at it
+        except OSError as exc:
+            if not handed:  # the client went away while we looked at it
+                self._log_refused(peer, started, END_CLIENT_RESET, exc.strerror or str(exc))
+            return
         finally:
             if not handed and conn.fileno() >= 0:
                 conn.close()
 
-    def _log_refused(self, peer: Any, started: float, end: str, error: str) -> None:
+    def _log_refused(
+        self,
+        peer: Any,
+        started: float,
+        end: str,
+        error: str | None,
+        received: int = 0,
+        sent: int = 0,
+    ) -> None:
         access = self.listener.access_log
         if access is not None:
-            access.refused("inbound", _addr_text(peer), started, end, error)
+            access.refused("inbound", _addr_text(peer), started, end, error, received, sent)
 
-    async def _peek(self, conn: socket.socket, timeout: float) -> bytes:  # noqa: ASYNC109
-        """The first byte (not consumed), b"" on EOF, error or timeout."""
+    async def _peek(self, conn: socket.socket, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        """The first byte (not consumed); b"" on EOF or error, None on timeout."""
         try:
             return conn.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -683,7 +712,7 @@ class InboundAcceptor:
             async with asyncio.timeout(timeout):
                 await ready
         except TimeoutError:
-            return b""
+            return None
         finally:
             self.loop.remove_reader(fd)
         try:
@@ -691,23 +720,28 @@ class InboundAcceptor:
         except OSError:
             return b""
 
-    async def _refuse_plaintext(self, conn: socket.socket) -> None:
-        """Tell a plaintext client why, in plaintext HTTP, and close; nothing reaches the app."""
+    async def _refuse_plaintext(self, conn: socket.socket) -> tuple[int, int]:
+        """Tell a plaintext client why, in plaintext HTTP, and close; nothing reaches the app.
+        Returns the bytes read and written."""
         self.state.metrics.inbound_connections_tls.labels("refused-plaintext").inc()
         self.listener.stats.local_child(flags.MTLS_REQUIRED).inc()
+        received = sent = 0
         with contextlib.suppress(OSError):
-            conn.recv(65536)  # the request head, so closing does not reset the connection
+            # The request head, so closing does not reset the connection.
+            received += len(conn.recv(65536))
         data = flags.local_response(flags.MTLS_REQUIRED, _REFUSAL_MESSAGE, b"", keep_alive=False)
         try:
             async with asyncio.timeout(1.0):
                 await self.loop.sock_sendall(conn, data)
+                sent = len(data)
                 conn.shutdown(socket.SHUT_WR)
                 # Read until the client closes, so unread bytes do not turn our FIN into a RST
                 # that could discard the answer before the client reads it.
-                while await self.loop.sock_recv(conn, 65536):
-                    pass
+                while more := await self.loop.sock_recv(conn, 65536):
+                    received += len(more)
         except (OSError, TimeoutError):
             pass
+        return received, sent
 
     def close(self) -> None:
         """Stop accepting (drain): the server, the accept loop, connections not yet handed over."""
