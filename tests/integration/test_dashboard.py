@@ -1,6 +1,8 @@
 """The web dashboard in a real browser (Debian's headless Chromium driven by Selenium): against a
-mesh started by `gossamer up -d` under load, the topology shows the services and an edge, and a
-displayed requests-per-second number moves. A screenshot is saved in the test's tmp_path.
+mesh started by `gossamer up -d` under load (the shop with the demo's HTTPRoutes and pricing's two
+subsets), the topology shows the services and an edge, a displayed requests-per-second number
+moves, the routes show their weights and traffic, and a live tap shows requests; the browser logs
+no Content-Security-Policy violation. A screenshot is saved in the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlib import SHOP_SERVICES, Load, Mesh, running_mesh, shop_yaml
+from meshlib import SHOP, SHOP_SERVICES, Load, Mesh, running_mesh, shop_yaml
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,15 +28,30 @@ pytestmark = [
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SERVICES = SHOP_SERVICES
-BROWSER_DEADLINE = 60.0  # everything the browser waits for, in all
+BROWSER_DEADLINE = 90.0  # everything the browser waits for, in all
+# pricing as the demo runs it: two subsets, which the demo's route splits 90/10.
+PRICING_SUBSETS = """  subsets:
+    - {name: v1, labels: {version: v1}, env: {PRICING_VERSION: v1}}
+    - {name: v2, labels: {version: v2}, env: {PRICING_VERSION: v2}}
+"""
+
+
+def demo_routes() -> str:
+    """The HTTPRoutes of the demo shop's mesh.yaml (pricing 90/10, inventory, catalog)."""
+    docs = (SHOP / "mesh.yaml").read_text().split("\n---\n")
+    routes = [d for d in docs if "\nkind: HTTPRoute\n" in d]
+    assert len(routes) == 3, "examples/shop/mesh.yaml changed: update this test's expectations"
+    return "\n---\n".join(routes)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    with running_mesh(tmp_path_factory.mktemp("dashboard-mesh"), shop_yaml(sys.executable)) as m:
+    yaml = shop_yaml(sys.executable, extra={"pricing": PRICING_SUBSETS})
+    yaml += "---\n" + demo_routes() + "\n"
+    with running_mesh(tmp_path_factory.mktemp("dashboard-mesh"), yaml) as m:
         yield m
 
 
@@ -48,6 +65,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     # The control plane's certificate is signed by the mesh's own CA, not one Chromium knows.
     options.accept_insecure_certs = True
     options.binary_location = shutil.which("chromium") or "chromium"
+    # The console (CSP violations among it), read back with driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     try:
         driver = webdriver.Chrome(options=options, service=service)
@@ -65,7 +84,8 @@ def graph(driver: Any) -> dict[str, Any] | None:
         """
         const chart = echarts.getInstanceByDom(document.getElementById("topology"));
         if (!chart) return null;
-        const series = chart.getOption().series || [];
+        const option = chart.getOption();  // undefined until the first poll drew it
+        const series = (option && option.series) || [];
         if (!series.length) return null;
         return {
           nodes: series[0].data.map((n) => n.name),
@@ -83,7 +103,7 @@ def test_dashboard_shows_the_mesh_under_load(mesh: Mesh, browser: Any, tmp_path:
     url = mesh.run("dashboard", "--state-dir", str(mesh.state_dir)).stdout.splitlines()[0]
     assert url == f"{status['controlPlane']}/dashboard/#token={token}"
 
-    load = Load(published, "frontend", "/api/products", workers=2, max_seconds=90).start()
+    load = Load(published, "frontend", "/api/products", workers=2, max_seconds=150).start()
     end = time.monotonic() + BROWSER_DEADLINE
 
     def wait(what: str, check: Any) -> Any:
@@ -139,12 +159,94 @@ def test_dashboard_shows_the_mesh_under_load(mesh: Mesh, browser: Any, tmp_path:
             ".map((r) => [...r.cells].map((c) => c.textContent).join(' | '))"
         )
         for name in SERVICES:
-            assert any(f"| {name}.default |" in row for row in proxies), (name, proxies)
+            # pricing's proxies show their subset: "pricing.default (v1)".
+            assert any(
+                f"| {name}.default |" in row or f"| {name}.default (" in row for row in proxies
+            ), (name, proxies)
         assert all("| ACK |" in row for row in proxies), proxies
+
+        # Routes: the demo's weights as shares of each rule, and the rules' own traffic.
+        def routes(d: Any) -> dict[str, Any] | None:
+            shown: dict[str, Any] = d.execute_script(
+                """
+                const out = {};
+                for (const tr of document.querySelectorAll("#routes tr[data-rule]")) {
+                  const rps = tr.querySelector("td.rps");
+                  out[tr.dataset.rule] = {
+                    backends: Object.fromEntries([...tr.querySelectorAll(".backend")]
+                      .map((b) => [b.dataset.backend, b.querySelector(".pct").textContent])),
+                    rps: rps ? rps.textContent : "",
+                  };
+                }
+                return out;
+                """
+            )
+            pricing = shown.get("default/pricing#0")
+            # The rps cell proves the page names rules as the stats do ("<ns>/<route>#<i>").
+            if not pricing or not pricing["rps"][:1].isdigit():
+                return None
+            return shown
+
+        shown = wait("the pricing route's rule to show its weights and traffic", routes)
+        assert shown["default/pricing#0"]["backends"] == {
+            "pricing.default/v1": "90%",
+            "pricing.default/v2": "10%",
+        }, shown
+        assert shown["default/inventory#0"]["backends"] == {"inventory.default": "100%"}, shown
+        assert shown["default/catalog#0"]["backends"] == {"catalog.default": "100%"}, shown
+        # frontend has no HTTPRoute: its one rule sends everything to it.
+        assert shown["default|frontend.default"]["backends"] == {"frontend.default": "100%"}
+        titles = browser.execute_script(
+            "return [...document.querySelectorAll('#routes h3')].map((h) => h.textContent)"
+        )
+        assert any(t.startswith("HTTPRoute default/pricing → pricing.default") for t in titles)
+
+        # Tap: a bad filter is refused in the API's words; then frontend's requests stream in.
+        tap_state = browser.find_element(By.ID, "tap-state")
+        wait(
+            "frontend in the tap's service list",
+            lambda d: "frontend.default" in d.find_element(By.ID, "tap-service").text,
+        )
+        Select(browser.find_element(By.ID, "tap-service")).select_by_value("frontend.default")
+        browser.find_element(By.ID, "tap-status").send_keys("9zz")
+        browser.find_element(By.ID, "tap-start").click()
+        wait("the tap's refusal of status 9zz", lambda d: "filter is invalid" in tap_state.text)
+        assert "cannot tap frontend.default" in tap_state.text, tap_state.text
+        browser.find_element(By.ID, "tap-status").clear()
+        browser.find_element(By.ID, "tap-start").click()
+        # Read in one script: the page may drop its oldest rows as new ones come.
+        cells = wait(
+            "a tapped request of frontend answered 200",
+            lambda d: d.execute_script(
+                "const r = document.querySelector('#tap tbody tr[data-status=\"200\"]');"
+                "return r ? [...r.cells].map((c) => c.textContent) : null;"
+            ),
+        )
+        assert cells[1].startswith("frontend-"), cells  # the proxy that saw it
+        assert cells[2] in ("in", "out"), cells
+        assert cells[5] == "200", cells
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot)), "chromium took no screenshot"
         print(f"dashboard screenshot: {shot}")
         assert shot.stat().st_size > 10_000
+        rows = len(browser.find_elements(By.CSS_SELECTOR, "#tap tbody tr"))
+        assert 0 < rows <= 200, rows
+        browser.find_element(By.ID, "tap-stop").click()
+        wait("the tap to stop", lambda d: tap_state.text.startswith("stopped after"))
+        # Show the charts' tooltips: they must need nothing the CSP refuses (inline styles).
+        browser.execute_script(
+            """
+            for (const id of ["chart-rps", "topology"]) {
+              echarts.getInstanceByDom(document.getElementById(id))
+                .dispatchAction({type: "showTip", seriesIndex: 0, dataIndex: 0});
+            }
+            """
+        )
     finally:
         load.stop()
+    console = browser.get_log("browser")
+    for entry in console:
+        print(f"browser console: {entry['level']} {entry['message']}")
+    violations = [e["message"] for e in console if "Content Security Policy" in e["message"]]
+    assert not violations, violations
     assert not load.failures, load.failures[:5]

@@ -2,6 +2,7 @@
 "use strict";
 
 const POLL_MS = 2000;
+const RESOURCES_MS = 10000; // routes change rarely: re-read them less often than the stats
 const HISTORY = 180; // points kept per service: 6 minutes at one poll every 2 s
 const TOKEN_KEY = "gossamer.token";
 
@@ -12,6 +13,8 @@ const state = {
   selected: null, // a service name to chart alone, or null for all
   timer: null,
   charts: {},
+  routes: null, // the HTTPRoutes as /v1/resources returns them, once read
+  routesReadAt: 0,
 };
 
 // --- the token: from #token=... (then dropped from the URL), else this tab's sessionStorage ------
@@ -95,6 +98,10 @@ function fillTable(selector, items, build) {
   body.replaceChildren(...rows);
 }
 
+// Tooltips drawn on the canvas: ECharts' HTML tooltips carry inline style attributes, which the
+// page's Content-Security-Policy (style-src 'self') refuses.
+const TOOLTIP = { renderMode: "richText" };
+
 // --- views ----------------------------------------------------------------------------------------
 
 function renderTopology(services, edges) {
@@ -124,7 +131,7 @@ function renderTopology(services, edges) {
   el.dataset.edges = edges.map((e) => e.source + ">" + e.destination).join(" ");
   state.charts.topology.setOption({
     animation: false,
-    tooltip: {},
+    tooltip: TOOLTIP,
     series: [{
       type: "graph",
       layout: "circular",
@@ -188,7 +195,7 @@ function lineChart(chart, title, field, axis) {
   chart.setOption({
     animation: false,
     title: { text: title, textStyle: { fontSize: 13 } },
-    tooltip: { trigger: "axis" },
+    tooltip: { ...TOOLTIP, trigger: "axis" },
     legend: { bottom: 0, type: "scroll" },
     grid: { left: 50, right: 16, top: 40, bottom: 56 },
     xAxis: { type: "time", splitNumber: 3, axisLabel: { hideOverlap: true } },
@@ -227,16 +234,27 @@ function setStatus(text, error) {
 async function poll() {
   const win = encodeURIComponent($("#window").value);
   try {
-    const [services, edges, proxies] = await Promise.all([
+    const readRoutes = Date.now() - state.routesReadAt >= RESOURCES_MS;
+    const [services, edges, routeStats, proxies, routes] = await Promise.all([
       api("/v1/stats?by=service&window=" + win),
       api("/v1/stats?by=edge&window=" + win),
+      api("/v1/stats?by=route&window=" + win),
       api("/v1/proxies"),
+      readRoutes ? api("/v1/resources?kind=HTTPRoute") : null,
     ]);
     const now = Date.now();
+    if (routes) {
+      state.routes = routes.items;
+      state.routesReadAt = now;
+    }
+    const known = new Set(services.items.map((s) => s.name));
+    proxies.items.forEach((p) => known.add(p.service + "." + p.namespace));
     record(services.items, now);
     renderTopology(services.items, edges.items);
     renderServices(services.items);
     renderCharts();
+    renderRoutes(state.routes, routeStats.items, known);
+    updateTapServices(known);
     renderProxies(proxies.items);
     const failing = services.failing || [];
     const note = failing.length ? " · not scraped: " + failing.map((f) => f.proxyId + " (" + f.error + ")").join(", ") : "";
@@ -246,6 +264,7 @@ async function poll() {
     if (err instanceof ApiError && err.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       stop();
+      tapStop();
       showLogin("the token was refused: " + err.message);
       return;
     }
@@ -280,7 +299,9 @@ function start() {
     state.charts.latency = echarts.init($("#chart-latency"));
     window.addEventListener("resize", () => Object.values(state.charts).forEach((c) => c.resize()));
   }
+  initTap();
   stop();
+  state.routesReadAt = 0;
   loop();
 }
 
@@ -294,6 +315,7 @@ $("#forget").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   stop();
+  tapStop();
   showLogin("");
 });
 $("#window").addEventListener("change", () => { state.history.clear(); stop(); if (state.token) loop(); });
