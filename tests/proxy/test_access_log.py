@@ -1,8 +1,8 @@
 """Unit tests of the access log: record building, sampling, batching and write failures.
 
-The loop's clock and timers are a fake driven by the test (`FakeClock`), the wall clock is a fixed
-number, and writes are run inline by an injected `offload`; only `test_close_*` uses the real
-worker thread and a real file.
+The loop's clock and timers, and the clock durations are measured with, are one fake driven by the
+test (`FakeClock`), the wall clock is a fixed number, and writes are run inline by an injected
+`offload`; only `test_close_*` uses the real worker thread and a real file.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def make_log(
         written=lines.labels("written"),
         dropped=lines.labels("dropped"),
         wall=lambda: WALL + clock.now - 100.0,
+        clock=clock.time,
         offload=writes,
     )
     return access, clock, writes, path, registry

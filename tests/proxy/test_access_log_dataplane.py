@@ -346,6 +346,29 @@ def test_the_drain_timeout_leaves_every_line_even_for_mtls_and_stuck_clients(
     run(main())
 
 
+def test_durations_are_measured_finer_than_uvloops_millisecond_clock(tmp_path: Path) -> None:
+    """uvloop's loop.time() moves in whole milliseconds; the log's durations must not (with it,
+    every duration of a fast request would be a whole number of milliseconds)."""
+
+    async def main() -> None:
+        app = await Backend(echo).start()
+        log_file = tmp_path / "access.log"
+        dp, _, out, _ = await start_dataplane(
+            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
+            access_log=str(log_file),
+        )
+        client = await Client.open(out)
+        for _ in range(20):
+            assert (await client.request(b"/", b"pricing")).status == 200
+        client.close()
+        await dp.drain(1.0)
+        durations = [r["durationMs"] for r in read_log(log_file)]
+        assert len(durations) == 20
+        assert any(d % 1.0 for d in durations), durations
+
+    run(main())
+
+
 def test_many_requests_are_all_in_the_file_after_drain(tmp_path: Path) -> None:
     async def main() -> None:
         app = await Backend(echo).start()

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gossamer.proxy import measure
 from gossamer.proxy.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -177,6 +178,8 @@ class AccessLog:
         own_identity: this proxy's SPIFFE ID now (None without an SVID).
         written / dropped: counters of lines written and lines lost.
         wall: the wall clock, read once per flush.
+        clock: the monotonic clock durations are measured with (proxy/measure.py): the one the
+            exchange's `started` and the connection's `opened_at` come from.
         offload: runs a write off the loop; by default on one worker thread.
     """
 
@@ -191,6 +194,7 @@ class AccessLog:
         written: CounterChild,
         dropped: CounterChild,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = measure.now,
         offload: Callable[[Callable[[], None]], asyncio.Future[None]] | None = None,
     ) -> None:
         if not 0.0 < sample <= 1.0:
@@ -203,6 +207,7 @@ class AccessLog:
         self.written = written
         self.dropped = dropped
         self.wall = wall
+        self.clock = clock
         self._offload = offload
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], asyncio.Future[None]] | None] = (
             queue.SimpleQueue()
@@ -215,7 +220,7 @@ class AccessLog:
         self.writing: asyncio.Future[None] | None = None
         self.failing = False  # the last write failed (one warning per run of failures)
         self.closed = False
-        self._offset = wall() - loop.time()  # wall clock minus loop clock, refreshed per flush
+        self._offset = wall() - clock()  # wall clock minus `clock`, refreshed per flush
         self._second = -1
         self._prefix = ""
         self._methods: dict[bytes, str] = {}
@@ -226,7 +231,7 @@ class AccessLog:
         """Log the request `conn` just finished (its head is `conn.head`, None if unparsed)."""
         if flag is None and status < 500 and self.sample < 1.0 and self.rand() >= self.sample:
             return
-        now = self.loop.time()
+        now = self.clock()
         exchange = conn.exchange
         started = now
         cluster = endpoint = peer_id = None
@@ -309,7 +314,7 @@ class AccessLog:
                 self.timestamp(started),
                 conn.listener.direction,
                 conn.source_address(),
-                int((self.loop.time() - started) * 1e6) / 1000.0,
+                int((self.clock() - started) * 1e6) / 1000.0,
                 conn.requests,
                 conn.wire_received,
                 conn.wire_sent,
@@ -341,7 +346,7 @@ class AccessLog:
                 self.timestamp(started),
                 direction,
                 source_address,
-                int((self.loop.time() - started) * 1e6) / 1000.0,
+                int((self.clock() - started) * 1e6) / 1000.0,
                 0,
                 received,
                 sent,
@@ -353,9 +358,9 @@ class AccessLog:
             )
         )
 
-    def timestamp(self, loop_time: float) -> str:
-        """RFC 3339 UTC with milliseconds for a time on the loop's clock."""
-        t = loop_time + self._offset
+    def timestamp(self, when: float) -> str:
+        """RFC 3339 UTC with milliseconds for a time on `clock`."""
+        t = when + self._offset
         second = int(t)
         if second != self._second:
             self._second = second
@@ -388,7 +393,7 @@ class AccessLog:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self._offset = self.wall() - self.loop.time()
+        self._offset = self.wall() - self.clock()
         if self.writing is not None or not self.buffer:
             return
         data, lines = bytes(self.buffer), self.lines

@@ -26,7 +26,7 @@ from gossamer.http.http1 import (
     serialize_response_head,
 )
 from gossamer.http.message import RequestHead, ResponseHead
-from gossamer.proxy import flags
+from gossamer.proxy import flags, measure
 from gossamer.proxy.accesslog import (
     CLIENT_DISCONNECTED,
     END_CLIENT_CLOSED,
@@ -190,9 +190,9 @@ class DownstreamConnection(asyncio.BaseProtocol):
         listener.stats.active.inc()
         listener.stats.total.inc()
         self.golden.opened.value += 1.0
-        now = self.loop.time()
         if not self.opened_at:  # an mTLS connection's was set at accept, before the handshake
-            self.opened_at = now
+            self.opened_at = measure.now()
+        now = self.loop.time()
         self.idle_since = now
         self.head_started = now  # a new connection must send its first head in time
         self.timer = self.loop.call_later(listener.timer_period, self._on_timer)

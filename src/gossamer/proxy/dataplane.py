@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from gossamer import snapshot as snap
 from gossamer.filters import ratelimit
 from gossamer.filters.authz import AuthzCompileError
-from gossamer.proxy import failfast
+from gossamer.proxy import failfast, measure
 from gossamer.proxy.accesslog import AccessLog, open_target
 from gossamer.proxy.authorize import Authorizer
 from gossamer.proxy.breaker import resilience_metrics
@@ -153,7 +153,7 @@ class DataPlane:
         self.tracing = ProxyTracer(loop, metrics, lambda: self.tls.own_id)
         # The golden metrics (proxy/golden.py); their names follow each Snapshot and SVID.
         self.golden_names = MeshNames(lambda: self.tls.own_id)
-        golden_in, golden_out = recorders(GoldenMetrics(metrics), self.golden_names, loop.time)
+        golden_in, golden_out = recorders(GoldenMetrics(metrics), self.golden_names, measure.now)
         self.golden: dict[str, Recorder] = {"inbound": golden_in, "outbound": golden_out}
         self.inbound = Listener(self, "inbound")
         self.outbound = Listener(self, "outbound")

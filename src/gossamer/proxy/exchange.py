@@ -57,7 +57,7 @@ from gossamer.http.http1 import (
     serialize_request_head,
 )
 from gossamer.http.message import Headers, RequestHead, ResponseHead, header_get
-from gossamer.proxy import flags
+from gossamer.proxy import flags, measure
 from gossamer.proxy.cluster import ClusterRuntime, Overflow
 from gossamer.proxy.deadlines import Deadlines
 from gossamer.proxy.failfast import UNSERVING_FLAGS
@@ -221,7 +221,7 @@ class Exchange:
         self.route = route
         self.backend = backend
         self.buffer_limit = buffer_limit
-        self.started = loop.time()
+        self.started = measure.now()  # durations: microseconds, not the loop's milliseconds
         self.attempt_started = 0.0
         self.request_done = body_length == 0
         self.body: list[bytes] = []
@@ -299,7 +299,9 @@ class Exchange:
             cluster.budget.record_request()
         plan = self.plan
         if plan is not None and plan.request_timeout is not None:
-            self.request_deadline = (self.started if now is None else now) + plan.request_timeout
+            if now is None:
+                now = self.loop.time()
+            self.request_deadline = now + plan.request_timeout
         if route is not None and route.fallback is not None:
             self._prepare_fallback(route.fallback)
         self.head_bytes = serialize_request_head(self.head, self.body_length)
@@ -422,7 +424,7 @@ class Exchange:
         if self.cluster.track_load:
             assert self.pool is not None
             self.pool.endpoint.on_start()
-            self.attempt_started = self.loop.time()
+            self.attempt_started = measure.now()
         transport = conn.transport
         assert transport is not None
         body = self.body
@@ -669,7 +671,7 @@ class Exchange:
             self.upstream_read_paused = False
             conn.transport.resume_reading()
         self.down.resume_reading(READ_UPSTREAM_FULL)
-        self.cluster.stats.count(self.status, self.loop.time() - self.started)
+        self.cluster.stats.count(self.status, measure.now() - self.started)
         self.down.send_response_end()
 
     def on_upstream_failure(self, conn: UpstreamConnection, outcome: str, reason: str) -> None:
@@ -686,7 +688,7 @@ class Exchange:
             self.capture = None  # never kept: the body is not whole
             self._cancel_timers()
             self._finish()
-            self.cluster.stats.count(502, self.loop.time() - self.started)
+            self.cluster.stats.count(502, measure.now() - self.started)
             self.down.abort_response()
             return
         if (
@@ -804,7 +806,7 @@ class Exchange:
     def _end_attempt(self, ok: bool) -> None:
         pool = self.pool
         if pool is not None and self.attempt_started:
-            pool.endpoint.on_complete(self.loop.time() - self.attempt_started, ok)
+            pool.endpoint.on_complete(measure.now() - self.attempt_started, ok)
             self.attempt_started = 0.0
 
     def _cancel_timers(self) -> None:
@@ -835,7 +837,7 @@ class Exchange:
                 static = fallback.static
                 self._send_fallback(static.status, static.headers, static.body, False, cause)
                 return
-        self.cluster.stats.count(status or flags.STATUS[flag], self.loop.time() - self.started)
+        self.cluster.stats.count(status or flags.STATUS[flag], measure.now() - self.started)
         if status is None:
             self.down.send_local(flag, message)
         else:
@@ -937,7 +939,7 @@ class Exchange:
         down.send_response_head(ResponseHead(status, headers), length)
         if body:
             down.send_response_body(body)
-        self.cluster.stats.count(status, self.loop.time() - self.started)
+        self.cluster.stats.count(status, measure.now() - self.started)
         down.send_response_end()
         down.uncork()
 

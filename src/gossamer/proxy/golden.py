@@ -229,10 +229,10 @@ class Recorder:
 
     __slots__ = (
         "cache",
+        "clock",
         "closed",
         "direction",
         "families",
-        "loop_time",
         "names",
         "opened",
         "received",
@@ -244,12 +244,12 @@ class Recorder:
         families: GoldenMetrics,
         direction: str,
         names: MeshNames,
-        loop_time: Callable[[], float],
+        clock: Callable[[], float],
     ) -> None:
         self.families = families
         self.direction = direction
         self.names = names
-        self.loop_time = loop_time
+        self.clock = clock
         self.cache: dict[tuple[object, ...], _Series] = {}
         self.opened = families.tcp_opened.labels(direction)
         self.closed = families.tcp_closed.labels(direction)
@@ -293,7 +293,7 @@ class InboundRecorder(Recorder):
         """Record the request `conn` just finished (`flag`: a local answer's, or None)."""
         exchange = conn.exchange
         if isinstance(exchange, Exchange):
-            seconds = self.loop_time() - exchange.started
+            seconds = self.clock() - exchange.started
             if flag is None:
                 flag = exchange.flag
         else:
@@ -328,7 +328,7 @@ class OutboundRecorder(Recorder):
         """Record the request `conn` just finished (`flag`: a local answer's, or None)."""
         exchange = conn.exchange
         if isinstance(exchange, Exchange):
-            seconds = self.loop_time() - exchange.started
+            seconds = self.clock() - exchange.started
             cluster: ClusterRuntime | None = exchange.cluster
             route = exchange.route
             last = exchange.last_conn
@@ -377,10 +377,10 @@ class OutboundRecorder(Recorder):
 
 
 def recorders(
-    families: GoldenMetrics, names: MeshNames, loop_time: Callable[[], float]
+    families: GoldenMetrics, names: MeshNames, clock: Callable[[], float]
 ) -> tuple[InboundRecorder, OutboundRecorder]:
     """The two listeners' recorders, sharing `names`."""
     return (
-        InboundRecorder(families, "inbound", names, loop_time),
-        OutboundRecorder(families, "outbound", names, loop_time),
+        InboundRecorder(families, "inbound", names, clock),
+        OutboundRecorder(families, "outbound", names, clock),
     )

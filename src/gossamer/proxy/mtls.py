@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from gossamer.proxy import flags
+from gossamer.proxy import flags, measure
 from gossamer.proxy.accesslog import (
     END_CLIENT_CLOSED,
     END_CLIENT_RESET,
@@ -606,7 +606,7 @@ class InboundAcceptor:
         loop = self.loop
         listener = self.listener
         timeout = listener.settings.header_timeout
-        started = loop.time()
+        started = measure.now()  # for the access log's line, if this one ends here
         handed = False
         try:
             conn.setblocking(False)

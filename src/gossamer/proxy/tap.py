@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from gossamer.proxy import measure
 from gossamer.proxy.accesslog import AccessLog, AccessRecord
 from gossamer.telemetry.metrics import CounterChild
 from gossamer.telemetry.tap_filter import TapFilter
@@ -103,6 +104,7 @@ class _RecordBuilder(AccessLog):
             written=CounterChild(),
             dropped=CounterChild(),
             wall=hub.wall,
+            clock=hub.clock,
         )
         self.hub = hub
 
@@ -120,12 +122,14 @@ class TapHub:
         own_identity: Callable[[], str | None],
         *,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = measure.now,
         max_taps: int = MAX_TAPS,
         max_buffer: int = MAX_TAP_BUFFER,
     ) -> None:
         self.loop = loop
         self.listeners = listeners
         self.wall = wall
+        self.clock = clock
         self.max_taps = max_taps
         self.max_buffer = max_buffer
         self.taps: list[Tap] = []
