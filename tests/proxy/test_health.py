@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import re
@@ -31,7 +32,9 @@ class Backend:
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.address = ""
-        self.hanging: list[asyncio.StreamWriter] = []
+        # Every connection's writer: a probe accepted just before stop() must be closed too, or
+        # its transport is collected unclosed during a later test (a ResourceWarning there).
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -39,6 +42,7 @@ class Backend:
         self.address = f"{host}:{port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -47,15 +51,17 @@ class Backend:
         self.requests.append(head)
         status = self.status
         if status is None:
-            self.hanging.append(writer)
-            return
+            return  # hangs: stop() closes it
         writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok" % status)
         await writer.drain()
         writer.close()
 
     async def stop(self) -> None:
-        for writer in self.hanging:
+        for writer in self.writers:
             writer.close()
+        for writer in self.writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
         assert self.server is not None
         self.server.close()
         await self.server.wait_closed()
