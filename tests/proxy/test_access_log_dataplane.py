@@ -32,7 +32,15 @@ from test_dataplane import (
     vhost,
     wait_until,
 )
-from test_mtls_support import make_pki, open_tls, run_tool, sidecar, spiffe, tls_client_context
+from test_mtls_support import (
+    make_pki,
+    open_tls,
+    pricing_caller,
+    run_tool,
+    sidecar,
+    spiffe,
+    tls_client_context,
+)
 
 from gossamer import snapshot as snap
 
@@ -58,15 +66,7 @@ def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identiti
         pricing, pricing_in, _, _ = await sidecar(
             pki, "pricing", "STRICT", app_port=app.port, access_log=str(in_log)
         )
-        front, _, out, _ = await sidecar(
-            pki,
-            "frontend",
-            "STRICT",
-            vhosts=[vhost("pricing")],
-            clusters=[cluster("pricing", [pricing_in])],
-            identities={"pricing": [spiffe("pricing")]},
-            access_log=str(out_log),
-        )
+        front, _, out, _ = await pricing_caller(pki, pricing_in, access_log=str(out_log))
         client = await Client.open(out)
         r = await client.request(b"/prices/1?x=%20y", b"pricing", b"POST", b"hello", TRACEPARENT)
         assert r.status == 200
@@ -316,14 +316,7 @@ def test_the_drain_timeout_leaves_every_line_even_for_mtls_and_stuck_clients(
         pricing, pricing_in, _, _ = await sidecar(
             pki, "pricing", "STRICT", app_port=app.port, access_log=str(log_file)
         )
-        front, _, out, _ = await sidecar(
-            pki,
-            "frontend",
-            "STRICT",
-            vhosts=[vhost("pricing")],
-            clusters=[cluster("pricing", [pricing_in])],
-            identities={"pricing": [spiffe("pricing")]},
-        )
+        front, _, out, _ = await pricing_caller(pki, pricing_in)
         hang = await Client.open(out)
         hang.send(b"GET /hang HTTP/1.1\r\nhost: pricing\r\n\r\n")
         # A caller straight to pricing that asks for a big response and never reads it.

@@ -27,7 +27,7 @@ from test_dataplane import (
     vhost,
     wait_until,
 )
-from test_mtls_support import make_pki, sidecar, spiffe, with_tls
+from test_mtls_support import make_pki, pricing_caller, sidecar, spiffe, with_tls
 
 from gossamer.proxy.golden import BYTE_BUCKETS, identity_services, response_flag
 from gossamer.telemetry.metrics import Registry
@@ -87,14 +87,7 @@ def test_mtls_edge_is_counted_on_both_sides_with_services_identities_and_route(
             clusters=[cluster("frontend", [dead_address()])],
             identities={"frontend": [spiffe("frontend")]},
         )
-        front, _, out, front_reg = await sidecar(
-            pki,
-            "frontend",
-            "STRICT",
-            vhosts=[vhost("pricing")],
-            clusters=[cluster("pricing", [pricing_in])],
-            identities={"pricing": [spiffe("pricing")]},
-        )
+        front, _, out, front_reg = await pricing_caller(pki, pricing_in)
         client = await Client.open(out)
         for _ in range(3):
             r = await client.request(b"/prices/1", b"pricing", b"POST", b"hello")

@@ -18,7 +18,15 @@ import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from test_dataplane import Client, _cleanups, metric_value, snapshot, start_dataplane
+from test_dataplane import (
+    Client,
+    _cleanups,
+    cluster,
+    metric_value,
+    snapshot,
+    start_dataplane,
+    vhost,
+)
 
 from gossamer import snapshot as snap
 from gossamer.proxy.dataplane import DataPlane
@@ -219,6 +227,22 @@ async def sidecar(
     if svid:
         dp.set_svid(pki.svid(sa))
     return dp, inbound, outbound, registry
+
+
+async def pricing_caller(
+    pki: Pki, pricing_in: str, **settings: object
+) -> tuple[DataPlane, str, str, Registry]:
+    """frontend's sidecar (STRICT), routing host `pricing` over mTLS to `pricing_in`, the inbound
+    listener of a sidecar started with `sidecar(pki, "pricing", ...)`."""
+    return await sidecar(
+        pki,
+        "frontend",
+        "STRICT",
+        vhosts=[vhost("pricing")],
+        clusters=[cluster("pricing", [pricing_in])],
+        identities={"pricing": [spiffe("pricing")]},
+        **settings,
+    )
 
 
 def handshakes(registry: Registry, direction: str, result: str) -> float:

@@ -687,17 +687,11 @@ class InboundAcceptor:
                 conn.close()
 
     def _log_refused(
-        self,
-        peer: Any,
-        started: float,
-        end: str,
-        error: str | None,
-        received: int = 0,
-        sent: int = 0,
+        self, peer: Any, started: float, end: str, error: str | None, *bytes_in_out: int
     ) -> None:
         access = self.listener.access_log
         if access is not None:
-            access.refused("inbound", _addr_text(peer), started, end, error, received, sent)
+            access.refused("inbound", _addr_text(peer), started, end, error, *bytes_in_out)
 
     async def _peek(self, conn: socket.socket, timeout: float) -> bytes | None:  # noqa: ASYNC109
         """The first byte (not consumed); b"" on EOF or error, None on timeout."""
