@@ -43,6 +43,7 @@ from test_mtls_support import (
 )
 
 from gossamer import snapshot as snap
+from gossamer.proxy.dataplane import DataPlane
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n".encode()
@@ -51,6 +52,17 @@ TRACEPARENT = f"traceparent: 00-{TRACE}-00f067aa0ba902b7-01\r\n".encode()
 def read_log(path: Path, kind: str = "request") -> list[dict[str, Any]]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [r for r in records if r["kind"] == kind]
+
+
+async def pricing_sidecar(log_file: Path, endpoint: str, **settings: Any) -> tuple[DataPlane, str]:
+    """A plaintext sidecar routing host `pricing` to `endpoint`, logging to `log_file`; returns it
+    and its outbound address."""
+    dp, _, out, _ = await start_dataplane(
+        snapshot([vhost("pricing")], [cluster("pricing", [endpoint])]),
+        access_log=str(log_file),
+        **settings,
+    )
+    return dp, out
 
 
 def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identities(
@@ -129,10 +141,7 @@ def test_outbound_and_inbound_lines_share_the_request_id_and_carry_mtls_identiti
 def test_local_responses_are_logged_with_their_flag(tmp_path: Path) -> None:
     async def main() -> None:
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [dead_address()])]),
-            access_log=str(log_file),
-        )
+        dp, out = await pricing_sidecar(log_file, dead_address())
         client = await Client.open(out)
         not_found = await client.request(b"/nowhere", b"unknown-host")
         assert not_found.status == 404
@@ -164,11 +173,7 @@ def test_sampling_never_drops_errors_or_flagged_responses(tmp_path: Path) -> Non
     async def main() -> None:
         app = await Backend(handler).start()
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
-            access_log=str(log_file),
-            access_log_sample=0.01,
-        )
+        dp, out = await pricing_sidecar(log_file, app.address, access_log_sample=0.01)
         client = await Client.open(out)
         for i in range(200):
             r = await client.request(b"/ok", b"pricing")
@@ -190,10 +195,7 @@ def test_a_request_the_client_abandons_is_logged(tmp_path: Path) -> None:
     async def main() -> None:
         app = await Backend(lambda seen: None).start()  # never answers
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
-            access_log=str(log_file),
-        )
+        dp, out = await pricing_sidecar(log_file, app.address)
         client = await Client.open(out)
         client.send(b"GET /slow HTTP/1.1\r\nhost: pricing\r\n\r\n")
         for _ in range(400):  # until the request reached the app (5 ms steps, 2 s at most)
@@ -220,11 +222,7 @@ def test_connection_lines_say_how_each_connection_ended(tmp_path: Path) -> None:
     async def main() -> None:
         app = await Backend(echo).start()
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
-            access_log=str(log_file),
-            downstream_idle_timeout=0.2,
-        )
+        dp, out = await pricing_sidecar(log_file, app.address, downstream_idle_timeout=0.2)
         closes = await Client.open(out)  # two requests, then closes between requests
         for _ in range(2):
             assert (await closes.request(b"/", b"pricing")).status == 200
@@ -346,10 +344,7 @@ def test_durations_are_measured_finer_than_uvloops_millisecond_clock(tmp_path: P
     async def main() -> None:
         app = await Backend(echo).start()
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
-            access_log=str(log_file),
-        )
+        dp, out = await pricing_sidecar(log_file, app.address)
         client = await Client.open(out)
         for _ in range(20):
             assert (await client.request(b"/", b"pricing")).status == 200
@@ -366,10 +361,7 @@ def test_many_requests_are_all_in_the_file_after_drain(tmp_path: Path) -> None:
     async def main() -> None:
         app = await Backend(echo).start()
         log_file = tmp_path / "access.log"
-        dp, _, out, _ = await start_dataplane(
-            snapshot([vhost("pricing")], [cluster("pricing", [app.address])]),
-            access_log=str(log_file),
-        )
+        dp, out = await pricing_sidecar(log_file, app.address)
         clients = [await Client.open(out) for _ in range(4)]
 
         async def load(client: Client, n: int) -> None:
