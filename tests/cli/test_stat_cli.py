@@ -15,7 +15,7 @@ from gossamer.control.registry import Registration
 from gossamer.control.server import ControlPlane
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "control"))
-from test_telemetry_window import FakeProxy
+from test_telemetry_window import FakeProxy, serve_metrics
 
 DEADLINE = 10.0
 
@@ -39,19 +39,8 @@ async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
 
 @pytest.fixture
 async def sidecar() -> AsyncIterator[tuple[str, FakeProxy]]:
-    proxy = FakeProxy()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = proxy.text().encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", proxy
-        server.close()
+    async with serve_metrics() as (admin, proxy, _):
+        yield admin, proxy
 
 
 async def test_stat_tables_and_json(

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from api_peers import ActAsProxy
-from test_telemetry_window import FakeProxy
+from test_telemetry_window import FakeProxy, serve_metrics
 
 from gossamer.control.api import create_app
 from gossamer.control.server import ControlPlane
@@ -55,19 +55,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 @pytest.fixture
 async def sidecar() -> AsyncIterator[tuple[str, FakeProxy]]:
-    proxy = FakeProxy()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = proxy.text().encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", proxy
-        server.close()
+    async with serve_metrics() as (admin, proxy, _):
+        yield admin, proxy
 
 
 def register_body(service: str, admin: str) -> dict[str, Any]:

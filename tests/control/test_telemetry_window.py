@@ -223,9 +223,10 @@ def test_bad_settings_are_refused() -> None:
         TelemetryWindow(lambda: [], interval=5, retention=5)
 
 
-@pytest.fixture
-async def metrics_server() -> AsyncIterator[tuple[str, FakeProxy, list[str]]]:
-    """A real HTTP /metrics server on 127.0.0.1:0; `mode[0]` picks its behaviour."""
+@contextlib.asynccontextmanager
+async def serve_metrics() -> AsyncIterator[tuple[str, FakeProxy, list[str]]]:
+    """A real HTTP /metrics server on 127.0.0.1:0 serving a FakeProxy's families; `mode[0]` picks
+    its behaviour ("ok", "hang", "500", anything else: a broken body)."""
     proxy = FakeProxy()
     mode = ["ok"]
     done = asyncio.Event()  # releases hanging handlers at teardown
@@ -257,6 +258,12 @@ async def metrics_server() -> AsyncIterator[tuple[str, FakeProxy, list[str]]]:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         server.close()
+
+
+@pytest.fixture
+async def metrics_server() -> AsyncIterator[tuple[str, FakeProxy, list[str]]]:
+    async with serve_metrics() as served:
+        yield served
 
 
 async def test_scrapes_real_servers_and_records_failures(
