@@ -25,7 +25,9 @@ from test_dataplane import (
     echo,
     metric_value,
     run,
+    snapshot,
     start_dataplane,
+    vhost,
     wait_until,
 )
 
@@ -152,24 +154,9 @@ def test_bad_faults_are_refused_with_where(spec: snap.Fault, message: str) -> No
 
 
 def fault_snapshot(spec: snap.Fault, address: str) -> snap.Snapshot:
-    return snap.seal(
-        snap.Snapshot(
-            proxy=snap.ProxyIdentity(proxy_id="frontend-0", service="frontend"),
-            virtual_hosts=[
-                snap.VirtualHost(
-                    name="pricing.default",
-                    domains=["pricing"],
-                    rules=[
-                        snap.RouteRule(
-                            name=RULE,
-                            filters=[snap.FaultFilter(fault=spec)],
-                            backends=[snap.WeightedCluster(cluster="pricing.default")],
-                        )
-                    ],
-                )
-            ],
-            clusters=[cluster("pricing", [address])],
-        )
+    return snapshot(
+        [vhost("pricing", filters=[snap.FaultFilter(fault=spec)], rule=RULE)],
+        [cluster("pricing", [address])],
     )
 
 

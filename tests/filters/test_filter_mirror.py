@@ -25,7 +25,9 @@ from test_dataplane import (
     metric_value,
     ok,
     run,
+    snapshot,
     start_dataplane,
+    vhost,
     wait_until,
 )
 
@@ -100,30 +102,10 @@ def test_a_bad_percentage_is_refused() -> None:
 def mirror_snapshot(
     primary: str, shadow: str, percentage: float = 100.0, shadow_cluster: str = "shadow.default"
 ) -> snap.Snapshot:
-    return snap.seal(
-        snap.Snapshot(
-            proxy=snap.ProxyIdentity(proxy_id="frontend-0", service="frontend"),
-            virtual_hosts=[
-                snap.VirtualHost(
-                    name="pricing.default",
-                    domains=["pricing"],
-                    rules=[
-                        snap.RouteRule(
-                            name=RULE,
-                            filters=[
-                                snap.RequestMirrorFilter(
-                                    request_mirror=snap.RequestMirror(
-                                        cluster=shadow_cluster, percentage=percentage
-                                    )
-                                )
-                            ],
-                            backends=[snap.WeightedCluster(cluster="pricing.default")],
-                        )
-                    ],
-                )
-            ],
-            clusters=[cluster("pricing", [primary]), cluster("shadow", [shadow])],
-        )
+    mirror = snap.RequestMirror(cluster=shadow_cluster, percentage=percentage)
+    return snapshot(
+        [vhost("pricing", filters=[snap.RequestMirrorFilter(request_mirror=mirror)], rule=RULE)],
+        [cluster("pricing", [primary]), cluster("shadow", [shadow])],
     )
 
 

@@ -312,13 +312,16 @@ def vhost(
     backends: list[tuple[str, int]] | None = None,
     retry: snap.RetryPolicy | None = None,
     timeouts: snap.Timeouts | None = None,
+    filters: list[snap.RouteFilter] | None = None,
+    rule: str = "default",
 ) -> snap.VirtualHost:
     return snap.VirtualHost(
         name=f"{name}.default",
         domains=[name, f"{name}.default"],
         rules=[
             snap.RouteRule(
-                name="default",
+                name=rule,
+                filters=filters or [],
                 backends=[
                     snap.WeightedCluster(cluster=f"{c}.default", weight=w)
                     for c, w in (backends or [(name, 1)])
